@@ -1,0 +1,194 @@
+//! `json2parquet`: converts JSON Lines, JSON arrays or the seed's `{"logs": [...]}`
+//! documents into partitioned Parquet files, streaming, through the shared engine.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use data2parquet::input::{Rejected, read_input};
+use data2parquet::receiver::Stats;
+use data2parquet::{Config, Error, Receiver};
+use serde_json::Value;
+
+/// Converts JSON log records into partitioned Parquet files.
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = "The seed's form `json2parquet <config.json> <input>` also works.")]
+struct Args {
+    /// JSON configuration file (the seed's format; every key is optional).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override a configuration key: `--set BufferSize=5000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the summary as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Input files (JSON Lines, JSON array or {"logs": [...]}); `-` reads standard input.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+const PUSH_BATCH: usize = 1024;
+const PUSH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The seed's `json2parquet <config> <input>`: the first argument is a config file when it
+/// is a JSON object made of configuration keys.
+fn looks_like_config(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if meta.len() > 1 << 20 {
+        return false;
+    }
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&text) else {
+        return false;
+    };
+    let mut probe = Config::default();
+    !map.is_empty()
+        && !map.contains_key("logs")
+        && map
+            .iter()
+            .all(|(k, v)| probe.set(k, v).unwrap_or(true))
+}
+
+fn load_config(args: &mut Args) -> data2parquet::Result<Config> {
+    if args.config.is_none() && args.inputs.len() >= 2 && looks_like_config(&args.inputs[0]) {
+        args.config = Some(args.inputs.remove(0));
+    }
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::from_json("{}")?,
+    };
+    for pair in &args.set {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(Error::config(pair, "", "KEY=VALUE"));
+        };
+        if !config.set(k.trim(), &Value::String(v.trim().to_string()))? {
+            return Err(Error::config(k, v, "a known configuration key (see the README)"));
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+struct Totals {
+    read: u64,
+    rejected: u64,
+    input_bytes: u64,
+    failed_inputs: Vec<String>,
+}
+
+fn convert_input(receiver: &Receiver, path: &Path, totals: &mut Totals) -> data2parquet::Result<()> {
+    let name = path.display().to_string();
+    let reader: Box<dyn BufRead> = if name == "-" {
+        Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))
+    } else {
+        let file = File::open(path).map_err(|e| Error::io("opening input", path, e))?;
+        Box::new(BufReader::with_capacity(1 << 20, file))
+    };
+    let mut sink = |records: Vec<data2parquet::Log>, rejected: Vec<Rejected>| {
+        let dlq = rejected
+            .into_iter()
+            .map(|r| receiver.dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw))
+            .collect();
+        receiver.push_wait(records, dlq, PUSH_TIMEOUT).map(|_| ())
+    };
+    let stats = read_input(reader, &name, PUSH_BATCH, &mut sink)?;
+    totals.read += stats.records;
+    totals.rejected += stats.rejected;
+    totals.input_bytes += stats.bytes;
+    if stats.rejected > 0 {
+        log::warn!("{name}: {} inputs could not be decoded; they are in the DLQ with their line numbers", stats.rejected);
+    }
+    Ok(())
+}
+
+fn print_summary(args: &Args, totals: &Totals, stats: &Stats, elapsed: Duration, target: &str, recovery_path: &str) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    if args.json {
+        let v = serde_json::json!({
+            "inputs": args.inputs,
+            "records_read": totals.read,
+            "rejected_inputs": totals.rejected,
+            "records_written": stats.records_written,
+            "records_dead_lettered": stats.records_dlq,
+            "files": stats.files_written,
+            "dlq_files": stats.dlq_files_written,
+            "bytes_written": stats.bytes_written,
+            "input_bytes": totals.input_bytes,
+            "write_failures": stats.write_failures,
+            "kept_on_local_disk": stats.recovery_spilled,
+            "failed_inputs": totals.failed_inputs,
+            "elapsed_seconds": secs,
+            "records_per_second": totals.read as f64 / secs,
+            "output": target,
+        });
+        println!("{v}");
+        return;
+    }
+    println!("json2parquet summary");
+    println!("  inputs:            {}", args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!("  records read:      {}", totals.read);
+    println!("  records written:   {}", stats.records_written);
+    println!("  dead-lettered:     {} ({} undecodable inputs)", stats.records_dlq, totals.rejected);
+    println!("  files:             {} parquet, {} dlq", stats.files_written, stats.dlq_files_written);
+    println!("  bytes written:     {} ({:.1} MB; input {:.1} MB)", stats.bytes_written, stats.bytes_written as f64 / 1e6, totals.input_bytes as f64 / 1e6);
+    println!("  elapsed:           {secs:.2} s");
+    println!("  throughput:        {:.0} records/s ({:.1} MB/s of input)", totals.read as f64 / secs, totals.input_bytes as f64 / 1e6 / secs);
+    println!("  output:            {target}");
+    if stats.write_failures > 0 || stats.recovery_spilled > 0 {
+        println!("  write failures:    {} (kept on local disk: {} files under {recovery_path})", stats.write_failures, stats.recovery_spilled);
+    }
+    for f in &totals.failed_inputs {
+        println!("  input failed:      {f}");
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    let config = match load_config(&mut args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("json2parquet: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = if config.debug { "debug" } else { "info" };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).try_init();
+    let recovery_path = config.recovery_path.clone();
+    let started = Instant::now();
+    let receiver = match Receiver::from_config(config) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            eprintln!("json2parquet: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut totals = Totals { read: 0, rejected: 0, input_bytes: 0, failed_inputs: Vec::new() };
+    for path in args.inputs.clone() {
+        if let Err(e) = convert_input(&receiver, &path, &mut totals) {
+            log::error!("{e}");
+            totals.failed_inputs.push(e.to_string());
+        }
+    }
+    let closed = receiver.close();
+    let stats = receiver.stats();
+    print_summary(&args, &totals, &stats, started.elapsed(), &receiver.target(), &recovery_path);
+    if let Err(e) = closed {
+        eprintln!("json2parquet: {e}");
+        return ExitCode::FAILURE;
+    }
+    let nothing_written = stats.records_written == 0 && (totals.read > 0 || totals.rejected > 0 || !totals.failed_inputs.is_empty());
+    let lost_to_disk = stats.recovery_spilled > 0;
+    if nothing_written || lost_to_disk || !totals.failed_inputs.is_empty() {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,159 @@
+//! Buffers: where records wait, per partition key, until a flush converts them. The
+//! [`Buffer`] trait is the seed's interface; [`mem::MemBuffer`] and the Redis buffer
+//! implement it, and the receiver works with either.
+
+pub mod mem;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::record::Log;
+
+/// A buffered record. Shared, so a flush can read records without copying them.
+pub type Record = Arc<Log>;
+
+/// A record that could not be decoded or converted, kept with the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DlqEntry {
+    /// Partition key it belongs to (`unknown:unknown:unknown:unknown` when undecodable).
+    pub key: String,
+    /// Why it was rejected, naming the input (`line 12 of logs.jsonl: broken JSON ...`).
+    pub reason: String,
+    /// The original input, as text.
+    pub raw: String,
+    /// When it was rejected (RFC 3339).
+    pub time: String,
+}
+
+impl DlqEntry {
+    /// Heap bytes held, for the memory bound.
+    pub fn estimated_size(&self) -> usize {
+        self.key.len() + self.reason.len() + self.raw.len() + self.time.len() + 128
+    }
+}
+
+/// Converted data whose write failed: kept to be re-sent, never dropped silently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryItem {
+    /// Unique id of this item within the buffer.
+    pub id: String,
+    /// Partition key of the data.
+    pub key: String,
+    /// Object name (relative path) the data must be written under.
+    pub name: String,
+    /// The encoded file (Parquet, or NDJSON for DLQ files).
+    #[serde(with = "serde_bytes_hex")]
+    pub data: Vec<u8>,
+    /// Write attempts made so far.
+    pub attempts: u32,
+    /// The last error.
+    pub last_error: String,
+}
+
+mod serde_bytes_hex {
+    //! Hex encoding of recovery payloads so they stay valid UTF-8 JSON in any store.
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(data.len() * 2);
+        for b in data {
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = text.as_bytes();
+        if bytes.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex payload"));
+        }
+        let nibble = |c: u8| -> Result<u8, D::Error> {
+            match c {
+                b'0'..=b'9' => Ok(c - b'0'),
+                b'a'..=b'f' => Ok(c - b'a' + 10),
+                b'A'..=b'F' => Ok(c - b'A' + 10),
+                _ => Err(serde::de::Error::custom("invalid hex digit in payload")),
+            }
+        };
+        bytes
+            .chunks(2)
+            .map(|p| Ok((nibble(p[0])? << 4) | nibble(p[1])?))
+            .collect()
+    }
+}
+
+/// What a buffer must do. All methods are synchronous and safe to call from many threads.
+///
+/// Records of a key are kept in arrival order; a flush reads the oldest `n` with
+/// [`Buffer::get`], writes them, and only then removes exactly those with [`Buffer::clear`],
+/// so a failure at any point loses nothing.
+pub trait Buffer: Send + Sync {
+    /// Appends every group of `batch` to its key and its dead-letter entries to the DLQ,
+    /// all or nothing (one round trip for a remote store). Returns each group's key length
+    /// afterwards, in the order given. Fails with a retryable error
+    /// ([`crate::Error::BufferFull`], [`crate::Error::BufferUnavailable`]) when it cannot take
+    /// them now; then nothing was added, so the caller may retry the whole batch.
+    fn push(&self, batch: PushBatch) -> Result<Vec<usize>>;
+    /// The oldest `max` records of `key` (fewer if it holds fewer), without removing them.
+    fn get(&self, key: &str, max: usize) -> Result<Vec<Record>>;
+    /// Removes the oldest `count` records of `key` (after they were written).
+    fn clear(&self, key: &str, count: usize) -> Result<()>;
+    /// Number of records buffered for `key`.
+    fn len(&self, key: &str) -> Result<usize>;
+    /// Keys that hold records.
+    fn keys(&self) -> Result<Vec<String>>;
+    /// The oldest `max` dead-letter entries, without removing them.
+    fn get_dlq(&self, max: usize) -> Result<Vec<DlqEntry>>;
+    /// Removes the oldest `count` dead-letter entries (after they were written).
+    fn clear_dlq(&self, count: usize) -> Result<()>;
+    /// Keeps data whose write failed.
+    fn push_recovery(&self, item: RecoveryItem) -> Result<()>;
+    /// Every recovery item.
+    fn get_recovery(&self) -> Result<Vec<RecoveryItem>>;
+    /// Removes a recovery item (after it was written or spilled to disk).
+    fn remove_recovery(&self, id: &str) -> Result<()>;
+    /// Tries to take the flush lock of `key` for this instance (the seed's CheckLock).
+    /// `true` when this instance holds it now; `false` when another instance does.
+    fn try_lock(&self, key: &str) -> Result<bool>;
+    /// Releases the flush lock of `key` if this instance holds it.
+    fn unlock(&self, key: &str) -> Result<()>;
+    /// Whether the buffer can serve requests now.
+    fn is_ready(&self) -> bool;
+    /// Approximate bytes held (records, DLQ and recovery data), for metrics and bounds.
+    fn bytes_used(&self) -> usize;
+    /// Releases resources. Buffered data stays where it is (memory data is flushed by the
+    /// receiver before this is called).
+    fn close(&self) -> Result<()>;
+    /// Short description for logs (`mem`, `redis://host:6379/0`).
+    fn describe(&self) -> String;
+    /// Whether buffered data survives this process (Redis) or not (memory). At close a
+    /// non-durable buffer's leftovers are spilled to local disk.
+    fn durable(&self) -> bool;
+    /// A deterministic id for the file made of `records` (the oldest records of `key`),
+    /// so a batch re-flushed after a crash replaces its earlier file instead of
+    /// duplicating it. `None` lets the receiver use a fresh ULID.
+    fn batch_id(&self, _key: &str, _records: &[Record]) -> Option<String> {
+        None
+    }
+}
+
+/// What one push adds: records grouped by partition key, plus dead-letter entries.
+#[derive(Debug, Default, Clone)]
+pub struct PushBatch {
+    /// `(partition key, records)` groups.
+    pub groups: Vec<(String, Vec<Record>)>,
+    /// Entries for the dead-letter queue.
+    pub dlq: Vec<DlqEntry>,
+}
+
+impl PushBatch {
+    /// Number of records (not counting DLQ entries).
+    pub fn record_count(&self) -> usize {
+        self.groups.iter().map(|(_, r)| r.len()).sum()
+    }
+}

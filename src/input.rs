@@ -1,0 +1,398 @@
+//! Streaming readers for the input formats of `json2parquet` and the HTTP batch endpoint:
+//! JSON Lines, a JSON array of records, and the seed's `{"logs": [...]}` document.
+//! Memory stays bounded: records are handed to a sink in batches as they are read.
+
+use std::cell::RefCell;
+use std::io::BufRead;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Result};
+use crate::record::{Log, decode::truncate, decode_json_line};
+
+/// The shape of an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    JsonLines,
+    /// A JSON array of objects.
+    Array,
+    /// The seed's `{"logs": [ ... ]}` document.
+    LogsDocument,
+}
+
+/// Input that could not become a record: where it was, why, and the text itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// `line 12 of logs.jsonl`, `element 3 of logs.json`.
+    pub what: String,
+    /// Why.
+    pub reason: String,
+    /// The original text (cut to 1 MiB).
+    pub raw: String,
+}
+
+/// Totals of one input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Records decoded.
+    pub records: u64,
+    /// Inputs rejected.
+    pub rejected: u64,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+const MAX_RAW: usize = 1 << 20;
+
+/// Looks at the first bytes (without consuming them, apart from a UTF-8 BOM) to tell the
+/// format.
+pub fn detect<R: BufRead>(reader: &mut R) -> Result<Format> {
+    let buf = reader
+        .fill_buf()
+        .map_err(|e| Error::io("reading input", "", e))?;
+    if buf.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        reader.consume(3);
+    }
+    let buf = reader
+        .fill_buf()
+        .map_err(|e| Error::io("reading input", "", e))?;
+    let text = &buf[..buf.len().min(256)];
+    let mut it = text.iter().copied().skip_while(u8::is_ascii_whitespace);
+    match it.next() {
+        Some(b'[') => Ok(Format::Array),
+        Some(b'{') => {
+            let rest: Vec<u8> = it.skip_while(u8::is_ascii_whitespace).collect();
+            let is_doc = rest.starts_with(b"\"logs\"") && {
+                let after: Vec<u8> = rest[6..]
+                    .iter()
+                    .copied()
+                    .skip_while(u8::is_ascii_whitespace)
+                    .collect();
+                after.starts_with(b":")
+                    && after[1..]
+                        .iter()
+                        .copied()
+                        .find(|b| !b.is_ascii_whitespace())
+                        == Some(b'[')
+            };
+            Ok(if is_doc {
+                Format::LogsDocument
+            } else {
+                Format::JsonLines
+            })
+        }
+        _ => Ok(Format::JsonLines),
+    }
+}
+
+/// Reads an input of any format, calling `sink` with batches of up to `batch` records and
+/// the inputs rejected meanwhile. A sink error stops the read and is returned.
+pub fn read_input<R: BufRead>(
+    mut reader: R,
+    name: &str,
+    batch: usize,
+    sink: &mut dyn FnMut(Vec<Log>, Vec<Rejected>) -> Result<()>,
+) -> Result<ReadStats> {
+    match detect(&mut reader)? {
+        Format::JsonLines => read_json_lines(reader, name, batch, sink),
+        format => read_document(reader, name, format, batch, sink),
+    }
+}
+
+/// Reads JSON Lines; a broken line is rejected with its line number, the rest go on.
+pub fn read_json_lines<R: BufRead>(
+    mut reader: R,
+    name: &str,
+    batch: usize,
+    sink: &mut dyn FnMut(Vec<Log>, Vec<Rejected>) -> Result<()>,
+) -> Result<ReadStats> {
+    let mut stats = ReadStats::default();
+    let mut line = Vec::with_capacity(64 * 1024);
+    let mut records = Vec::with_capacity(batch);
+    let mut rejected = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io("reading input", name, e))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        stats.bytes += n as u64;
+        let trimmed = line.trim_ascii();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let what = || format!("line {line_no} of {name}");
+        let decoded = match std::str::from_utf8(trimmed) {
+            Ok(text) => decode_json_line(text, what),
+            Err(e) => Err(Error::Decode {
+                what: what(),
+                reason: format!("invalid UTF-8: {e}"),
+            }),
+        };
+        match decoded {
+            Ok(log) => {
+                records.push(log);
+                stats.records += 1;
+            }
+            Err(e) => {
+                stats.rejected += 1;
+                rejected.push(reject(e, trimmed));
+            }
+        }
+        if records.len() >= batch {
+            sink(std::mem::take(&mut records), std::mem::take(&mut rejected))?;
+        }
+    }
+    if !records.is_empty() || !rejected.is_empty() {
+        sink(records, rejected)?;
+    }
+    Ok(stats)
+}
+
+fn reject(e: Error, raw: &[u8]) -> Rejected {
+    let (what, reason) = match e {
+        Error::Decode { what, reason } => (what, reason),
+        other => (String::new(), other.to_string()),
+    };
+    Rejected {
+        what,
+        reason,
+        raw: truncate(&String::from_utf8_lossy(raw), MAX_RAW),
+    }
+}
+
+struct Ctx<'s> {
+    name: String,
+    batch: usize,
+    records: Vec<Log>,
+    rejected: Vec<Rejected>,
+    stats: ReadStats,
+    index: u64,
+    sink: &'s mut dyn FnMut(Vec<Log>, Vec<Rejected>) -> Result<()>,
+    error: Option<Error>,
+}
+
+impl Ctx<'_> {
+    fn element(&mut self, raw: &RawValue) -> std::result::Result<(), String> {
+        self.index += 1;
+        let what = || format!("element {} of {}", self.index, self.name);
+        match decode_json_line(raw.get(), what) {
+            Ok(log) => {
+                self.records.push(log);
+                self.stats.records += 1;
+            }
+            Err(e) => {
+                self.stats.rejected += 1;
+                self.rejected.push(reject(e, raw.get().as_bytes()));
+            }
+        }
+        if self.records.len() >= self.batch {
+            self.emit()?;
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self) -> std::result::Result<(), String> {
+        let records = std::mem::take(&mut self.records);
+        let rejected = std::mem::take(&mut self.rejected);
+        if records.is_empty() && rejected.is_empty() {
+            return Ok(());
+        }
+        (self.sink)(records, rejected).map_err(|e| {
+            let msg = e.to_string();
+            self.error = Some(e);
+            msg
+        })
+    }
+}
+
+struct ArraySeed<'a, 's>(&'a RefCell<Ctx<'s>>);
+
+impl<'de> DeserializeSeed<'de> for ArraySeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ArraySeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of log records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+            self.0.borrow_mut().element(&raw).map_err(de::Error::custom)?;
+        }
+        Ok(())
+    }
+}
+
+struct DocSeed<'a, 's>(&'a RefCell<Ctx<'s>>);
+
+impl<'de> Visitor<'de> for DocSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object with a \"logs\" array")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "logs" {
+                map.next_value_seed(ArraySeed(self.0))?;
+            } else {
+                log::warn!("input document: key `{key}` is not `logs`; ignored");
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a JSON array or a `{"logs": [...]}` document element by element. A broken
+/// element that leaves the document unreadable stops the read with an error naming its
+/// position; everything read before it has been handed to the sink.
+pub fn read_document<R: BufRead>(
+    reader: R,
+    name: &str,
+    format: Format,
+    batch: usize,
+    sink: &mut dyn FnMut(Vec<Log>, Vec<Rejected>) -> Result<()>,
+) -> Result<ReadStats> {
+    let bytes = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let counting = CountingReader {
+        inner: reader,
+        bytes: bytes.clone(),
+    };
+    let ctx = RefCell::new(Ctx {
+        name: name.to_string(),
+        batch,
+        records: Vec::with_capacity(batch),
+        rejected: Vec::new(),
+        stats: ReadStats::default(),
+        index: 0,
+        sink,
+        error: None,
+    });
+    let mut de = serde_json::Deserializer::from_reader(counting);
+    let parsed = match format {
+        Format::LogsDocument => de::Deserializer::deserialize_map(&mut de, DocSeed(&ctx)),
+        _ => ArraySeed(&ctx).deserialize(&mut de),
+    }
+    .and_then(|()| de.end());
+    let mut ctx = ctx.into_inner();
+    if let Some(e) = ctx.error.take() {
+        return Err(e);
+    }
+    let flushed = ctx.emit();
+    if let Some(e) = ctx.error.take() {
+        return Err(e);
+    }
+    if let Err(msg) = flushed {
+        return Err(Error::Buffer(msg));
+    }
+    ctx.stats.bytes = bytes.get();
+    if let Err(e) = parsed {
+        return Err(Error::Decode {
+            what: format!("{name} after element {}", ctx.index),
+            reason: format!("broken JSON, the rest of the document cannot be read: {e}"),
+        });
+    }
+    Ok(ctx.stats)
+}
+
+struct CountingReader<R> {
+    inner: R,
+    bytes: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.set(self.bytes.get() + n as u64);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(input: &str) -> (Result<ReadStats>, Vec<Log>, Vec<Rejected>) {
+        let mut logs = Vec::new();
+        let mut bad = Vec::new();
+        let r = read_input(input.as_bytes(), "in.json", 2, &mut |l, b| {
+            logs.extend(l);
+            bad.extend(b);
+            Ok(())
+        });
+        (r, logs, bad)
+    }
+
+    #[test]
+    fn detects_formats() {
+        for (text, want) in [
+            ("{\"a\":1}\n{\"a\":2}", Format::JsonLines),
+            ("  [ {\"a\":1} ]", Format::Array),
+            ("{\"logs\": [{\"a\":1}]}", Format::LogsDocument),
+            ("{ \"logs\" :\n [", Format::LogsDocument),
+            ("{\"logs\":\"x\"}", Format::JsonLines),
+            ("\u{feff}[1]", Format::Array),
+        ] {
+            let mut r = text.as_bytes();
+            assert_eq!(detect(&mut r).expect("detect"), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn json_lines_reject_bad_lines_with_numbers() {
+        let (r, logs, bad) = collect("{\"message\":\"a\"}\n\nnot json\n[1]\n{\"message\":\"b\"}\n");
+        let stats = r.expect("read");
+        assert_eq!(stats.records, 2);
+        assert_eq!(stats.rejected, 2);
+        assert_eq!(logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(bad[0].what, "line 3 of in.json");
+        assert_eq!(bad[0].raw, "not json");
+        assert_eq!(bad[1].what, "line 4 of in.json");
+    }
+
+    #[test]
+    fn arrays_and_documents_stream() {
+        let (r, logs, bad) = collect("[{\"message\":\"a\"}, 5, {\"message\":\"b\"}, {\"message\":\"c\"}]");
+        assert_eq!(r.expect("read").records, 3);
+        assert_eq!(logs.len(), 3);
+        assert_eq!(bad[0].what, "element 2 of in.json");
+        let (r, logs, _) = collect("{\"logs\": [{\"msg\":\"a\"}], \"other\": 1}");
+        assert_eq!(r.expect("read").records, 1);
+        assert_eq!(logs[0].message, "a");
+    }
+
+    #[test]
+    fn truncated_document_keeps_what_was_read() {
+        let (r, logs, _) = collect("[{\"message\":\"a\"}, {\"message\":\"b\"}, {\"mess");
+        let err = r.expect_err("truncated");
+        assert!(err.to_string().contains("after element 2"), "{err}");
+        assert_eq!(logs.len(), 2);
+    }
+
+    #[test]
+    fn invalid_utf8_line_is_rejected() {
+        let mut input = b"{\"message\":\"a\"}\n".to_vec();
+        input.extend_from_slice(b"{\"message\":\"\xff\"}\n");
+        let mut n = 0;
+        let mut bad = Vec::new();
+        read_json_lines(&input[..], "x", 10, &mut |l, b| {
+            n += l.len();
+            bad.extend(b);
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(n, 1);
+        assert!(bad[0].reason.contains("UTF-8"));
+    }
+}

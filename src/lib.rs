@@ -1,0 +1,60 @@
+//! # data2parquet
+//!
+//! Receives JSON log records one by one, buffers them per partition key (in memory or in
+//! Redis), and writes structured Apache Parquet files to local disk or S3. The same engine
+//! serves the Fluent Bit output plugin (`out_parquet`), the HTTP server and the
+//! `json2parquet` command.
+//!
+//! The crate is built in three rings:
+//! * a pure core: [`config`], [`record`] (the Log schema and lenient decoding),
+//!   [`convert`] (records to Parquet bytes), [`naming`] (object names);
+//! * adapters behind small traits: [`buffer::Buffer`] (memory, Redis) and
+//!   [`writer::Writer`] (file, S3);
+//! * the engine, [`receiver::Receiver`], that the entry points (`src/bin`, the plugin
+//!   crate) call.
+
+pub mod buffer;
+pub mod clock;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod input;
+pub mod naming;
+pub mod receiver;
+pub mod record;
+pub mod writer;
+
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use receiver::Receiver;
+pub use record::Log;
+
+use buffer::Buffer;
+use config::{BufferType, WriterType};
+use writer::Writer;
+
+/// Builds the buffer a configuration names.
+pub fn build_buffer(config: &Config) -> Result<Arc<dyn Buffer>> {
+    match config.buffer_type {
+        BufferType::Mem => Ok(Arc::new(buffer::mem::MemBuffer::new(config.buffer_max_bytes))),
+        BufferType::Redis => Err(Error::config(
+            "BufferType",
+            "redis",
+            "`mem` (the Redis buffer is not built yet)",
+        )),
+    }
+}
+
+/// Builds the writer a configuration names.
+pub fn build_writer(config: &Config) -> Result<Arc<dyn Writer>> {
+    match config.writer_type {
+        WriterType::File => Ok(Arc::new(writer::file::FileWriter::new(&config.writer_file_path))),
+        WriterType::AwsS3 => Err(Error::config(
+            "WriterType",
+            "aws-s3",
+            "`file` (the S3 writer is not built yet)",
+        )),
+    }
+}

@@ -1,0 +1,23 @@
+//! Writers: where finished files go. Object names are computed by [`crate::naming`]; a
+//! writer only stores bytes under a name, atomically, and reports errors that say whether a
+//! retry may help.
+
+pub mod file;
+
+use crate::error::Result;
+
+/// A store for finished files (local directory, S3 bucket).
+pub trait Writer: Send + Sync {
+    /// Prepares the target (creates the directory, checks or creates the bucket).
+    fn init(&self) -> Result<()>;
+    /// Stores `data` under `name` (a relative, `/`-separated path made by
+    /// [`crate::naming`]). Either the whole object becomes visible or nothing does; writing
+    /// the same name again replaces it.
+    fn write(&self, name: &str, data: &[u8]) -> Result<()>;
+    /// Releases resources.
+    fn close(&self) -> Result<()>;
+    /// Whether the target can take writes now.
+    fn is_ready(&self) -> bool;
+    /// Where files go, for logs and summaries (`file:///abs/out`, `s3://bucket`).
+    fn target(&self) -> String;
+}
