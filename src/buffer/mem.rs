@@ -206,8 +206,8 @@ mod tests {
 
     #[test]
     fn memory_bound_refuses_with_retryable_error() {
-        let one = rec("x").estimated_size();
-        let b = MemBuffer::new(one * 3);
+        let size = rec("x").estimated_size();
+        let b = MemBuffer::new(size * 3);
         b.push(one("k", vec![rec("x"), rec("x")])).expect("fits");
         let err = b.push(one("k", vec![rec("x"), rec("x")])).expect_err("over the bound");
         assert!(err.is_retryable());
