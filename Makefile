@@ -1,0 +1,61 @@
+# data2parquet: the two commands a user needs are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := .venv
+PY := $(VENV)/bin/python
+SAMPLE := data/sample.jsonl
+SAMPLE_RECORDS ?= 20000
+export D2P_PYTHON := $(abspath $(PY))
+
+.PHONY: all build release run test test-deps lint plugin bench fluent-bit-demo clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release --workspace
+
+## make run: build, generate sample data, convert it on the embedded default (memory buffer, file writer)
+run: release
+	@mkdir -p data
+	@test -s $(SAMPLE) || ./target/release/data-generator $(SAMPLE_RECORDS) --format jsonl --out $(SAMPLE)
+	rm -rf out
+	./target/release/json2parquet --config examples/json2parquet.json $(SAMPLE)
+	@echo
+	@echo "Parquet files (first 10 of $$(find out -name '*.parquet' | wc -l)):"
+	@find out -name '*.parquet' | sort | head -10
+
+## make test-deps: what the tests need (redis-server from Debian; pyarrow, duckdb, moto in .venv)
+test-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) </dev/null \
+	  || { echo "could not install redis-server: run as root or install it by hand"; exit 1; }; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c 'import pyarrow, duckdb, moto' 2>/dev/null || \
+	  $(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt </dev/null
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+plugin:
+	$(CARGO) build -p out_parquet
+
+## make test: install what the tests need, then fmt, clippy and every test
+test: test-deps lint plugin
+	$(CARGO) test --workspace --no-fail-fast
+
+bench: test-deps
+	$(CARGO) build --release --workspace
+	$(PY) bench/run.py
+
+fluent-bit-demo: release
+	@command -v fluent-bit >/dev/null || { echo "fluent-bit is not on the PATH (see README: Fluent Bit plugin)"; exit 1; }
+	cd fluent-bit && fluent-bit -c fluent-bit.conf
+
+clean:
+	$(CARGO) clean
+	rm -rf out data recovery bench-out
