@@ -312,7 +312,10 @@ impl Receiver {
             .counters
             .records_dlq
             .fetch_add(dlq_count, Ordering::Relaxed);
-        let mut any_due = false;
+        // Past half the memory bound, start flushing the biggest keys in the background so
+        // that reading and writing overlap instead of taking turns at the bound.
+        let mut any_due = inner.buffer.bytes_used() > inner.config.buffer_max_bytes / 2
+            && !inner.pressure.swap(true, Ordering::AcqRel);
         {
             let mut first = inner.first_seen.lock();
             for key in &keys {
@@ -522,9 +525,9 @@ impl Inner {
         Ok(())
     }
 
-    /// The buffer refused a push: flush the biggest keys until it is at most half full.
+    /// The buffer is (nearly) full: flush the biggest keys until it is at most a quarter full.
     fn relieve_pressure(&self) -> Result<()> {
-        let limit = self.config.buffer_max_bytes / 2;
+        let limit = self.config.buffer_max_bytes / 4;
         let mut sizes = Vec::new();
         for key in self.buffer.keys()? {
             sizes.push((self.buffer.len(&key)?, key));

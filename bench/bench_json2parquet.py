@@ -1,0 +1,63 @@
+"""json2parquet vs DuckDB: convert the same 200,000 generated records (about 230 MB of JSON
+Lines) to snappy Parquet in the same run; report throughput ratio and peak RSS.
+
+Target (issue 2): at least 2x DuckDB's throughput on 2 cores, peak RSS under 256 MiB."""
+import json
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import RELEASE, WORK, ensure_time, peak_rss_of  # noqa: E402
+
+RECORDS = int(os.environ.get("BENCH_RECORDS", "200000"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+
+ensure_time()
+WORK.mkdir(exist_ok=True)
+data = WORK / f"logs-{RECORDS}.jsonl"
+if not data.exists():
+    peak_rss_of([str(RELEASE / "data-generator"), str(RECORDS), "--format", "jsonl", "--out", str(data), "--seed", "7"])
+size_mb = data.stat().st_size / 1e6
+config = WORK / "json2parquet-bench.json"
+config.write_text(json.dumps({
+    "buffer_size": 100000,
+    "flush_interval": 0,
+    "writer_compression_type": "snappy",
+    "writer_file_path": str(WORK / "out-d2p"),
+}))
+
+duck_script = (
+    "import duckdb,sys; con=duckdb.connect(); con.execute('SET threads=2');"
+    "con.execute(f\"COPY (SELECT * FROM read_json('{sys.argv[1]}', format='newline_delimited')) "
+    "TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION snappy)\")"
+)
+
+
+def best(runs):
+    return min(runs, key=lambda r: r[0])
+
+
+ours, duck = [], []
+for i in range(RUNS):
+    shutil.rmtree(WORK / "out-d2p", ignore_errors=True)
+    wall, cpu, rss, out = peak_rss_of([str(RELEASE / "json2parquet"), "--json", "--config", str(config), str(data)])
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["records_written"] == RECORDS, summary
+    ours.append((wall, cpu, rss))
+    target = WORK / "out-duckdb.parquet"
+    target.unlink(missing_ok=True)
+    duck.append(peak_rss_of([sys.executable, "-c", duck_script, str(data), str(target)])[:3])
+
+o, d = best(ours), best(duck)
+ratio = d[0] / o[0]
+print(f"input: {RECORDS} records, {size_mb:.0f} MB JSON Lines; best of {RUNS} runs each")
+print(f"json2parquet: {o[0]:.2f} s wall, {o[1]:.2f} s CPU, {RECORDS / o[0]:,.0f} records/s, {size_mb / o[0]:.0f} MB/s, peak RSS {o[2]:.0f} MiB")
+print(f"duckdb:       {d[0]:.2f} s wall, {d[1]:.2f} s CPU, {RECORDS / d[0]:,.0f} records/s, {size_mb / d[0]:.0f} MB/s, peak RSS {d[2]:.0f} MiB")
+print(f"throughput ratio json2parquet/duckdb: {ratio:.2f}x (target >= 2x); peak RSS {o[2]:.0f} MiB (target < 256 MiB)")
+print("RESULT " + json.dumps({
+    "bench": "json2parquet_vs_duckdb", "records": RECORDS, "input_mb": round(size_mb, 1),
+    "ours_s": round(o[0], 3), "ours_cpu_s": round(o[1], 3), "ours_rss_mib": round(o[2], 1),
+    "duckdb_s": round(d[0], 3), "duckdb_cpu_s": round(d[1], 3), "duckdb_rss_mib": round(d[2], 1),
+    "ratio": round(ratio, 2),
+}))

@@ -1,0 +1,302 @@
+//! Engine tests with a fake clock: size trigger, interval trigger, flush, close, a failing
+//! writer -> recovery -> re-send, the memory bound; every record accounted for exactly once
+//! by reading the files back.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use data2parquet::buffer::mem::MemBuffer;
+use data2parquet::clock::ManualClock;
+use data2parquet::receiver::Background;
+use data2parquet::writer::file::FileWriter;
+use data2parquet::{Config, Log, Receiver};
+
+fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
+    let out = dir.join("out").display().to_string();
+    let rec = dir.join("recovery").display().to_string();
+    let mut pairs = vec![
+        ("WriterFilePath", out.as_str()),
+        ("RecoveryPath", rec.as_str()),
+        ("BufferSize", "10"),
+        ("FlushInterval", "5"),
+    ];
+    pairs.extend_from_slice(extra);
+    Config::from_pairs(pairs).expect("valid config")
+}
+
+fn engine(dir: &Path, extra: &[(&str, &str)]) -> (Receiver, Arc<ManualClock>) {
+    let c = config(dir, extra);
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).single().expect("date"),
+    ));
+    let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
+    let writer = Arc::new(FileWriter::new(&c.writer_file_path));
+    let r = Receiver::new(c, buffer, writer, clock.clone(), Background::Manual).expect("engine");
+    (r, clock)
+}
+
+fn log(key: &str, i: usize) -> Log {
+    let parts: Vec<&str> = key.split(':').collect();
+    Log {
+        time: format!("2024-05-01T10:{:02}:00Z", i % 60),
+        level: "info".into(),
+        message: format!("{key} #{i}"),
+        business_capability: parts[0].into(),
+        business_domain: parts[1].into(),
+        business_service: parts[2].into(),
+        application_service: parts[3].into(),
+        ..Log::default()
+    }
+}
+
+/// Every message in the Parquet files below `dir`, with how often it appears.
+fn messages(dir: &Path) -> HashMap<String, usize> {
+    let files = common::parquet_files(dir);
+    let mut seen = HashMap::new();
+    for row in common::rows_with_parquet_crate(&files) {
+        let m = row["message"].as_str().expect("message").to_string();
+        *seen.entry(m).or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn size_trigger_flushes_full_batches_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, _clock) = engine(dir.path(), &[]);
+    let key = "pay:cards:api:web";
+    r.push((0..25).map(|i| log(key, i)).collect(), Vec::new())
+        .expect("push");
+    let report = r.tick().expect("tick");
+    assert_eq!(report.records, 0, "the interval has not passed");
+    let stats = r.stats();
+    assert_eq!(stats.records_written, 20, "two full batches of BufferSize=10");
+    assert_eq!(stats.buffered_records, 5);
+    assert_eq!(stats.files_written, 2);
+    let seen = messages(&dir.path().join("out"));
+    assert_eq!(seen.len(), 20);
+    assert!(seen.values().all(|n| *n == 1));
+    r.close().expect("close");
+    let seen = messages(&dir.path().join("out"));
+    assert_eq!(seen.len(), 25, "close flushes the rest");
+    assert!(seen.values().all(|n| *n == 1));
+}
+
+#[test]
+fn interval_trigger_uses_the_oldest_record_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, clock) = engine(dir.path(), &[]);
+    r.push(vec![log("a:b:c:d", 1)], Vec::new()).expect("push");
+    clock.advance(chrono::Duration::seconds(3));
+    r.push(vec![log("a:b:c:d", 2), log("x:y:z:w", 3)], Vec::new())
+        .expect("push");
+    assert_eq!(r.tick().expect("tick").records, 0, "3 s < FlushInterval 5 s");
+    clock.advance(chrono::Duration::seconds(2));
+    let report = r.tick().expect("tick");
+    assert_eq!(report.records, 2, "a:b:c:d is 5 s old; x:y:z:w only 2 s");
+    assert_eq!(report.files, 1);
+    clock.advance(chrono::Duration::seconds(3));
+    assert_eq!(r.tick().expect("tick").records, 1);
+    assert_eq!(r.stats().buffered_records, 0);
+    r.close().expect("close");
+    assert_eq!(messages(&dir.path().join("out")).len(), 3);
+}
+
+#[test]
+fn flush_on_demand_and_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, _clock) = engine(dir.path(), &[("BufferSize", "1000")]);
+    let keys = ["a:b:c:d", "e:f:g:h", "i:j:k:l"];
+    let records: Vec<Log> = (0..30).map(|i| log(keys[i % 3], i)).collect();
+    r.push(records, Vec::new()).expect("push");
+    let report = r.flush().expect("flush");
+    assert_eq!(report.records, 30);
+    assert_eq!(report.files, 3);
+    assert_eq!(report.names.len(), 3);
+    for name in &report.names {
+        assert!(dir.path().join("out").join(name).is_file(), "{name}");
+        assert!(name.starts_with("capability="), "{name}");
+        assert!(name.contains("/year=2024/month=05/day=01/hour=10/"), "{name}");
+    }
+    assert_eq!(r.flush().expect("again").records, 0, "nothing twice");
+}
+
+#[test]
+fn batches_spanning_hours_become_one_file_per_hour() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, _clock) = engine(dir.path(), &[("BufferSize", "1000")]);
+    let mut a = log("a:b:c:d", 1);
+    a.time = "2024-05-01T09:59:59Z".into();
+    let mut b = log("a:b:c:d", 2);
+    b.time = "2024-05-01T10:00:00Z".into();
+    let mut c = log("a:b:c:d", 3);
+    c.time = "not a time".into();
+    r.push(vec![a, b, c], Vec::new()).expect("push");
+    let report = r.flush().expect("flush");
+    assert_eq!(report.records, 3);
+    let hours: Vec<&str> = report
+        .names
+        .iter()
+        .map(|n| n.split('/').nth(4).expect("hour segment"))
+        .collect();
+    assert_eq!(hours, vec!["hour=09", "hour=10"], "unparseable time files under arrival hour 10");
+    let rows = common::rows_with_parquet_crate(&common::parquet_files(&dir.path().join("out")));
+    assert!(rows.iter().any(|r| r["time"] == "not a time"), "original time text kept");
+}
+
+#[test]
+fn failing_writer_keeps_data_in_recovery_and_resends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let (r, _clock) = engine(
+        dir.path(),
+        &[("BufferSize", "1000"), ("TryAutoRecover", "true")],
+    );
+    r.push((0..12).map(|i| log("a:b:c:d", i)).collect(), Vec::new())
+        .expect("push");
+    // Break the target: a plain file where the capability directory must go.
+    std::fs::write(out.join("capability=a"), b"blocker").expect("blocker");
+    let report = r.flush().expect("a failed write is not a failed flush");
+    assert_eq!(report.records, 0);
+    assert_eq!(report.records_to_recovery, 12);
+    let stats = r.stats();
+    assert_eq!(stats.write_failures, 1);
+    assert_eq!(stats.recovery_backlog, 1);
+    assert_eq!(stats.buffered_records, 0, "records left the buffer only into recovery");
+    // Still broken: the tick retries and keeps it.
+    r.tick().expect("tick");
+    assert_eq!(r.stats().recovery_backlog, 1);
+    // Repair the target: the next tick re-sends.
+    std::fs::remove_file(out.join("capability=a")).expect("unblock");
+    r.tick().expect("tick");
+    let stats = r.stats();
+    assert_eq!(stats.recovery_backlog, 0);
+    assert_eq!(stats.recovered, 1);
+    let seen = messages(&out);
+    assert_eq!(seen.len(), 12);
+    assert!(seen.values().all(|n| *n == 1), "no duplicates");
+    r.close().expect("close");
+    assert!(common::parquet_files(&dir.path().join("recovery")).is_empty());
+}
+
+#[test]
+fn unwritable_data_is_kept_on_local_disk_at_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let (r, _clock) = engine(dir.path(), &[("BufferSize", "1000")]);
+    r.push((0..7).map(|i| log("a:b:c:d", i)).collect(), Vec::new())
+        .expect("push");
+    std::fs::write(out.join("capability=a"), b"blocker").expect("blocker");
+    let report = r.close().expect("close keeps data");
+    assert_eq!(report.records_to_recovery, 7);
+    assert_eq!(r.stats().recovery_spilled, 1);
+    let kept = common::parquet_files(&dir.path().join("recovery"));
+    assert_eq!(kept.len(), 1, "the encoded file is on local disk");
+    let rows = common::rows_with_parquet_crate(&kept);
+    assert_eq!(rows.len(), 7);
+    let (py_rows, _) = common::rows_with_pyarrow(&kept);
+    assert_eq!(py_rows.len(), 7);
+}
+
+#[test]
+fn recovery_attempts_bound_the_retries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let (r, _clock) = engine(
+        dir.path(),
+        &[
+            ("BufferSize", "1000"),
+            ("TryAutoRecover", "true"),
+            ("RecoveryAttempts", "2"),
+        ],
+    );
+    r.push(vec![log("a:b:c:d", 1)], Vec::new()).expect("push");
+    std::fs::write(out.join("capability=a"), b"blocker").expect("blocker");
+    r.flush().expect("flush");
+    for _ in 0..3 {
+        r.tick().expect("tick");
+    }
+    let stats = r.stats();
+    assert_eq!(stats.recovery_backlog, 0, "given up after RecoveryAttempts");
+    assert_eq!(stats.recovery_spilled, 1, "...but kept on local disk, not dropped");
+    assert_eq!(common::parquet_files(&dir.path().join("recovery")).len(), 1);
+}
+
+#[test]
+fn memory_bound_gives_backpressure_then_accepts_after_flush() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, _clock) = engine(
+        dir.path(),
+        &[("BufferSize", "100000"), ("BufferMaxBytes", "1M")],
+    );
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..10_000 {
+        let mut l = log("a:b:c:d", i);
+        l.message = format!("{i} {}", "x".repeat(1000));
+        match r.push(vec![l], Vec::new()) {
+            Ok(n) => accepted += n,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("the bound is reached");
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("buffer full"), "{err}");
+    assert!(accepted > 100);
+    r.flush().expect("flush");
+    let mut l = log("a:b:c:d", 999_999);
+    l.message = "after".into();
+    r.push(vec![l], Vec::new()).expect("room again after a flush");
+    r.close().expect("close");
+    let seen = messages(&dir.path().join("out"));
+    assert_eq!(seen.len(), accepted + 1, "every accepted record written once");
+}
+
+#[test]
+fn dead_letters_are_written_as_ndjson() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, _clock) = engine(dir.path(), &[]);
+    let entry = r.dlq_entry(None, "line 3 of x: broken JSON".into(), "{oops".into());
+    r.push(vec![log("a:b:c:d", 1)], vec![entry]).expect("push");
+    r.close().expect("close");
+    let files = common::files_with_ext(&dir.path().join("out/dlq"), "ndjson");
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(&files[0]).expect("read");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("json line");
+    assert_eq!(v["raw"], "{oops");
+    assert_eq!(v["reason"], "line 3 of x: broken JSON");
+    assert_eq!(r.stats().records_dlq, 1);
+}
+
+#[test]
+fn closed_engine_refuses_pushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, _clock) = engine(dir.path(), &[]);
+    r.close().expect("close");
+    let err = r.push(vec![log("a:b:c:d", 1)], Vec::new()).expect_err("closed");
+    assert!(!err.is_retryable());
+}
+
+#[test]
+fn background_thread_flushes_by_size_and_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &[("FlushInterval", "1")]);
+    let r = Receiver::from_config(c).expect("engine");
+    r.push((0..10).map(|i| log("a:b:c:d", i)).collect(), Vec::new())
+        .expect("push");
+    r.push(vec![log("e:f:g:h", 1)], Vec::new()).expect("push");
+    // Wait (bounded) for the background thread; this checks behaviour, not speed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while r.stats().records_written < 11 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(r.stats().records_written, 11);
+    r.close().expect("close");
+}
