@@ -31,7 +31,9 @@ fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
 fn engine(dir: &Path, extra: &[(&str, &str)]) -> (Receiver, Arc<ManualClock>) {
     let c = config(dir, extra);
     let clock = Arc::new(ManualClock::new(
-        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).single().expect("date"),
+        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
+            .single()
+            .expect("date"),
     ));
     let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
     let writer = Arc::new(FileWriter::new(&c.writer_file_path));
@@ -74,7 +76,10 @@ fn size_trigger_flushes_full_batches_only() {
     let report = r.tick().expect("tick");
     assert_eq!(report.records, 0, "the interval has not passed");
     let stats = r.stats();
-    assert_eq!(stats.records_written, 20, "two full batches of BufferSize=10");
+    assert_eq!(
+        stats.records_written, 20,
+        "two full batches of BufferSize=10"
+    );
     assert_eq!(stats.buffered_records, 5);
     assert_eq!(stats.files_written, 2);
     let seen = messages(&dir.path().join("out"));
@@ -94,7 +99,11 @@ fn interval_trigger_uses_the_oldest_record_age() {
     clock.advance(chrono::Duration::seconds(3));
     r.push(vec![log("a:b:c:d", 2), log("x:y:z:w", 3)], Vec::new())
         .expect("push");
-    assert_eq!(r.tick().expect("tick").records, 0, "3 s < FlushInterval 5 s");
+    assert_eq!(
+        r.tick().expect("tick").records,
+        0,
+        "3 s < FlushInterval 5 s"
+    );
     clock.advance(chrono::Duration::seconds(2));
     let report = r.tick().expect("tick");
     assert_eq!(report.records, 2, "a:b:c:d is 5 s old; x:y:z:w only 2 s");
@@ -120,7 +129,10 @@ fn flush_on_demand_and_report() {
     for name in &report.names {
         assert!(dir.path().join("out").join(name).is_file(), "{name}");
         assert!(name.starts_with("capability="), "{name}");
-        assert!(name.contains("/year=2024/month=05/day=01/hour=10/"), "{name}");
+        assert!(
+            name.contains("/year=2024/month=05/day=01/hour=10/"),
+            "{name}"
+        );
     }
     assert_eq!(r.flush().expect("again").records, 0, "nothing twice");
 }
@@ -143,9 +155,16 @@ fn batches_spanning_hours_become_one_file_per_hour() {
         .iter()
         .map(|n| n.split('/').nth(4).expect("hour segment"))
         .collect();
-    assert_eq!(hours, vec!["hour=09", "hour=10"], "unparseable time files under arrival hour 10");
+    assert_eq!(
+        hours,
+        vec!["hour=09", "hour=10"],
+        "unparseable time files under arrival hour 10"
+    );
     let rows = common::rows_with_parquet_crate(&common::parquet_files(&dir.path().join("out")));
-    assert!(rows.iter().any(|r| r["time"] == "not a time"), "original time text kept");
+    assert!(
+        rows.iter().any(|r| r["time"] == "not a time"),
+        "original time text kept"
+    );
 }
 
 #[test]
@@ -166,7 +185,10 @@ fn failing_writer_keeps_data_in_recovery_and_resends() {
     let stats = r.stats();
     assert_eq!(stats.write_failures, 1);
     assert_eq!(stats.recovery_backlog, 1);
-    assert_eq!(stats.buffered_records, 0, "records left the buffer only into recovery");
+    assert_eq!(
+        stats.buffered_records, 0,
+        "records left the buffer only into recovery"
+    );
     // Still broken: the tick retries and keeps it.
     r.tick().expect("tick");
     assert_eq!(r.stats().recovery_backlog, 1);
@@ -222,7 +244,10 @@ fn recovery_attempts_bound_the_retries() {
     }
     let stats = r.stats();
     assert_eq!(stats.recovery_backlog, 0, "given up after RecoveryAttempts");
-    assert_eq!(stats.recovery_spilled, 1, "...but kept on local disk, not dropped");
+    assert_eq!(
+        stats.recovery_spilled, 1,
+        "...but kept on local disk, not dropped"
+    );
     assert_eq!(common::parquet_files(&dir.path().join("recovery")).len(), 1);
 }
 
@@ -253,10 +278,15 @@ fn memory_bound_gives_backpressure_then_accepts_after_flush() {
     r.flush().expect("flush");
     let mut l = log("a:b:c:d", 999_999);
     l.message = "after".into();
-    r.push(vec![l], Vec::new()).expect("room again after a flush");
+    r.push(vec![l], Vec::new())
+        .expect("room again after a flush");
     r.close().expect("close");
     let seen = messages(&dir.path().join("out"));
-    assert_eq!(seen.len(), accepted + 1, "every accepted record written once");
+    assert_eq!(
+        seen.len(),
+        accepted + 1,
+        "every accepted record written once"
+    );
 }
 
 #[test]
@@ -280,7 +310,9 @@ fn closed_engine_refuses_pushes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (r, _clock) = engine(dir.path(), &[]);
     r.close().expect("close");
-    let err = r.push(vec![log("a:b:c:d", 1)], Vec::new()).expect_err("closed");
+    let err = r
+        .push(vec![log("a:b:c:d", 1)], Vec::new())
+        .expect_err("closed");
     assert!(!err.is_retryable());
 }
 

@@ -235,7 +235,7 @@ pub fn count_with_duckdb(glob: &str) -> u64 {
     let out = Command::new(python())
         .args([
             "-c",
-            "import duckdb,sys; print(duckdb.sql(f\"select count(*) from read_parquet('{sys.argv[1]}', hive_partitioning=false)\").fetchone()[0])",
+            "import duckdb,sys; print(duckdb.sql(f\"select count(*) from read_parquet('{sys.argv[1]}', hive_partitioning=false)\").fetchall()[0][0])",
             glob,
         ])
         .output()
@@ -249,4 +249,11 @@ pub fn count_with_duckdb(glob: &str) -> u64 {
         .trim()
         .parse()
         .expect("a count")
+}
+
+/// A debug rendering of a Parquet file's metadata (codecs, row groups, statistics).
+pub fn read_parquet_metadata(path: &Path) -> String {
+    let bytes = bytes::Bytes::from(std::fs::read(path).expect("read parquet"));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).expect("footer");
+    format!("{:?}", builder.metadata())
 }

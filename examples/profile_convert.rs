@@ -1,0 +1,65 @@
+//! Profiling aid: times decoding (JSON Lines -> Log) and Parquet encoding separately.
+//! `cargo run --release --example profile_convert -- bench-out/logs-200000.jsonl`
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: profile_convert FILE.jsonl");
+    let data = std::fs::read(&path).expect("read");
+    let start = std::time::Instant::now();
+    let mut n = 0usize;
+    let mut bytes = 0usize;
+    let mut logs = Vec::with_capacity(1024);
+    for line in data.split(|b| *b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let text = std::str::from_utf8(line).expect("utf8");
+        let log = data2parquet::record::decode_json_line(text, String::new).expect("decode");
+        bytes += log.estimated_size();
+        logs.push(log);
+        if logs.len() == 1024 {
+            n += logs.len();
+            logs.clear();
+        }
+    }
+    n += logs.len();
+    let t = start.elapsed();
+    println!(
+        "{n} records in {:.3} s ({:.0} MB/s), est {} MB",
+        t.as_secs_f64(),
+        data.len() as f64 / 1e6 / t.as_secs_f64(),
+        bytes / 1_000_000
+    );
+    let records: Vec<data2parquet::buffer::Record> = data
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .take(50_000)
+        .map(|l| {
+            std::sync::Arc::new(
+                data2parquet::record::decode_json_line(
+                    std::str::from_utf8(l).expect("utf8"),
+                    String::new,
+                )
+                .expect("d"),
+            )
+        })
+        .collect();
+    let opts = data2parquet::convert::EncodeOptions::from_config(&data2parquet::Config::default());
+    let start = std::time::Instant::now();
+    let mut out = 0;
+    for chunk in records.chunks(1400) {
+        out += data2parquet::convert::encode(chunk, &opts)
+            .expect("encode")
+            .len();
+    }
+    let t = start.elapsed();
+    println!(
+        "encode 50000 records in chunks of 1400: {:.3} s -> x4 = {:.3} s for 200k; {} bytes",
+        t.as_secs_f64(),
+        t.as_secs_f64() * 4.0,
+        out
+    );
+}
