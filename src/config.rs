@@ -23,6 +23,8 @@ pub const DEFAULT_WRITER_FILE_PATH: &str = "./out";
 pub const DEFAULT_ROW_GROUP_SIZE: u64 = 134_217_728;
 /// Default `BufferMaxBytes`: memory bound of the memory buffer (64 MiB).
 pub const DEFAULT_BUFFER_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Default `FlushWorkers`: background threads converting and writing keys in parallel.
+pub const DEFAULT_FLUSH_WORKERS: usize = 2;
 /// Default HTTP `Port`.
 pub const DEFAULT_PORT: u16 = 8080;
 /// Default `RecoveryPath`: where data that could not be written is kept on local disk.
@@ -88,6 +90,8 @@ pub struct Config {
     pub debug: bool,
     /// Seconds after which a key's oldest record forces a flush (0 = only size triggers).
     pub flush_interval: u64,
+    /// Background threads that convert and write (different keys in parallel).
+    pub flush_workers: usize,
     /// Path of a JSON schema file (accepted for compatibility; not used by the Log record).
     pub json_schema_path: String,
     /// Accepted for compatibility with the seed's example files; logs go to stderr.
@@ -168,6 +172,7 @@ impl Default for Config {
             buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
             debug: false,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
+            flush_workers: DEFAULT_FLUSH_WORKERS,
             json_schema_path: String::new(),
             log_path: String::new(),
             port: DEFAULT_PORT,
@@ -245,6 +250,7 @@ pub const FLUENT_BIT_KEYS: &[&str] = &[
     "BufferMaxBytes",
     "Debug",
     "FlushInterval",
+    "FlushWorkers",
     "JsonSchemaPath",
     "RecordType",
     "RecoveryAttempts",
@@ -444,6 +450,7 @@ impl Config {
             }
             "debug" => self.debug = as_bool(key, value)?,
             "flushinterval" => self.flush_interval = as_u64(key, value, 0, 86_400)?,
+            "flushworkers" => self.flush_workers = as_u64(key, value, 1, 64)? as usize,
             "jsonschemapath" => self.json_schema_path = as_string(value),
             "logpath" => self.log_path = as_string(value),
             "port" => self.port = as_u64(key, value, 1, 65_535)? as u16,
@@ -682,8 +689,8 @@ mod tests {
         for key in FLUENT_BIT_KEYS {
             let mut c = Config::default();
             let sample = match *key {
-                "BufferSize" | "FlushInterval" | "RecoveryAttempts" | "RedisDB"
-                | "RedisLockTTL" | "RedisTimeout" => "3",
+                "BufferSize" | "FlushInterval" | "FlushWorkers" | "RecoveryAttempts"
+                | "RedisDB" | "RedisLockTTL" | "RedisTimeout" => "3",
                 "BufferMaxBytes" => "8M",
                 "WriterRowGroupSize" => "1048576",
                 "WriterCompressionLevel" => "3",

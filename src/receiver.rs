@@ -6,7 +6,7 @@
 //! Records leave the buffer only after their file was written or their data was put in
 //! the recovery bucket, so a failure at any step loses nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,7 +114,7 @@ impl FlushReport {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// Only batches of exactly `BufferSize` (the size trigger).
     FullBatches,
@@ -130,9 +130,14 @@ struct Inner {
     encode: EncodeOptions,
     counters: Counters,
     first_seen: Mutex<HashMap<String, DateTime<Utc>>>,
-    due: Mutex<Vec<String>>,
+    /// Keys waiting for a flush worker, with how much to flush.
+    due: Mutex<VecDeque<(String, Mode)>>,
     pressure: AtomicBool,
-    flush_lock: Mutex<()>,
+    /// Keys being flushed right now (a key is flushed by one thread at a time).
+    in_flight: Mutex<HashSet<String>>,
+    in_flight_done: Condvar,
+    dlq_lock: Mutex<()>,
+    recovery_lock: Mutex<()>,
     signal: Mutex<bool>,
     wake: Condvar,
     flushed: Condvar,
@@ -143,7 +148,7 @@ struct Inner {
 /// The engine. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Receiver {
     inner: Arc<Inner>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    flushers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Whether the receiver runs its own background flusher thread.
@@ -187,9 +192,12 @@ impl Receiver {
             clock,
             counters: Counters::default(),
             first_seen: Mutex::new(HashMap::new()),
-            due: Mutex::new(Vec::new()),
+            due: Mutex::new(VecDeque::new()),
             pressure: AtomicBool::new(false),
-            flush_lock: Mutex::new(()),
+            in_flight: Mutex::new(HashSet::new()),
+            in_flight_done: Condvar::new(),
+            dlq_lock: Mutex::new(()),
+            recovery_lock: Mutex::new(()),
             signal: Mutex::new(false),
             wake: Condvar::new(),
             flushed: Condvar::new(),
@@ -204,20 +212,26 @@ impl Receiver {
             inner.config.flush_interval,
             inner.config.writer_compression
         );
-        let flusher = match background {
-            Background::Thread => {
+        let mut flushers = Vec::new();
+        if background == Background::Thread {
+            for index in 0..inner.config.flush_workers.max(1) {
                 let worker = inner.clone();
                 let handle = std::thread::Builder::new()
-                    .name("d2p-flusher".into())
-                    .spawn(move || worker.run_flusher())
-                    .map_err(|e| Error::io("starting flusher thread", "", e))?;
-                Some(handle)
+                    .name(format!("d2p-flusher-{index}"))
+                    .spawn(move || worker.run_flusher(index))
+                    .map_err(|e| Error::io("starting flusher thread", "", e));
+                match handle {
+                    Ok(h) => flushers.push(h),
+                    Err(e) => {
+                        inner.stop_workers(flushers);
+                        return Err(e);
+                    }
+                }
             }
-            Background::Manual => None,
-        };
+        }
         Ok(Receiver {
             inner,
-            flusher: Mutex::new(flusher),
+            flushers: Mutex::new(flushers),
         })
     }
 
@@ -264,7 +278,7 @@ impl Receiver {
             match self.push_prepared(batch.clone()) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                    if self.flusher.lock().is_none() {
+                    if self.flushers.lock().is_empty() {
                         // No background thread to make room: flush here.
                         self.inner.relieve_pressure()?;
                     } else {
@@ -335,8 +349,12 @@ impl Receiver {
             }
             let mut due = inner.due.lock();
             for (key, len) in keys.into_iter().zip(lens) {
-                if len >= inner.config.buffer_size && !due.contains(&key) {
-                    due.push(key);
+                if len >= inner.config.buffer_size
+                    && !due
+                        .iter()
+                        .any(|(k, m)| *k == key && *m == Mode::FullBatches)
+                {
+                    due.push_back((key, Mode::FullBatches));
                     any_due = true;
                 }
             }
@@ -422,16 +440,8 @@ impl Receiver {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(FlushReport::default());
         }
-        {
-            let mut stop = self.inner.signal.lock();
-            *stop = true;
-            self.inner.wake.notify_all();
-        }
-        if let Some(handle) = self.flusher.lock().take()
-            && handle.join().is_err()
-        {
-            log::error!("flusher thread panicked; flushing from close");
-        }
+        let workers = std::mem::take(&mut *self.flushers.lock());
+        self.inner.stop_workers(workers);
         let inner = &self.inner;
         let mut result = inner.flush_all(Mode::All);
         if let Err(e) = inner.drain_dlq() {
@@ -478,6 +488,19 @@ impl Drop for Receiver {
     }
 }
 
+/// Marks a key as being flushed by this thread; released on drop.
+struct KeyClaim<'a> {
+    inner: &'a Inner,
+    key: String,
+}
+
+impl Drop for KeyClaim<'_> {
+    fn drop(&mut self) {
+        self.inner.in_flight.lock().remove(&self.key);
+        self.inner.in_flight_done.notify_all();
+    }
+}
+
 impl Inner {
     fn notify(&self) {
         let _guard = self.signal.lock();
@@ -495,7 +518,22 @@ impl Inner {
         self.flushed.notify_all();
     }
 
-    fn run_flusher(self: Arc<Self>) {
+    fn stop_workers(&self, workers: Vec<JoinHandle<()>>) {
+        {
+            let mut stop = self.signal.lock();
+            *stop = true;
+            self.wake.notify_all();
+        }
+        for handle in workers {
+            if handle.join().is_err() {
+                log::error!("a flusher thread panicked; close flushes what it left");
+            }
+        }
+    }
+
+    /// A flush worker: takes due keys off the queue; worker 0 also runs the periodic tick
+    /// (interval flushes, DLQ, recovery) and reacts to memory pressure.
+    fn run_flusher(self: Arc<Self>, index: usize) {
         let mut last_tick = Instant::now();
         loop {
             {
@@ -503,7 +541,8 @@ impl Inner {
                 if *stop {
                     return;
                 }
-                let idle = self.due.lock().is_empty() && !self.pressure.load(Ordering::Acquire);
+                let idle = self.due.lock().is_empty()
+                    && (index != 0 || !self.pressure.load(Ordering::Acquire));
                 if idle {
                     let _ = self.wake.wait_for(&mut stop, TICK);
                 }
@@ -511,17 +550,18 @@ impl Inner {
                     return;
                 }
             }
+            if index == 0
+                && self.pressure.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.queue_pressure_flushes()
+            {
+                log::warn!("flush under memory pressure failed: {e}; will retry");
+            }
             if let Err(e) = self.flush_due() {
                 log::warn!(
                     "background flush failed: {e}; the records stay buffered and will be retried"
                 );
             }
-            if self.pressure.swap(false, Ordering::AcqRel)
-                && let Err(e) = self.relieve_pressure()
-            {
-                log::warn!("flush under memory pressure failed: {e}; will retry");
-            }
-            if last_tick.elapsed() >= TICK {
+            if index == 0 && last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 if let Err(e) = self.tick() {
                     log::warn!("background tick failed: {e}; will retry");
@@ -531,30 +571,62 @@ impl Inner {
         }
     }
 
+    /// Flushes queued keys until the queue is empty (several workers share the queue).
     fn flush_due(&self) -> Result<()> {
-        let due: Vec<String> = std::mem::take(&mut *self.due.lock());
-        for key in due {
-            self.flush_key(&key, Mode::FullBatches)?;
+        let mut first_error = None;
+        loop {
+            let next = self.due.lock().pop_front();
+            let Some((key, mode)) = next else {
+                break;
+            };
+            if let Err(e) = self.flush_key(&key, mode) {
+                log::warn!("flush of `{key}` failed: {e}; its records stay buffered");
+                first_error.get_or_insert(e);
+            }
         }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Queues the biggest keys for a full flush until what stays is about a quarter of the
+    /// memory bound, and wakes every worker.
+    fn queue_pressure_flushes(&self) -> Result<()> {
+        let used = self.buffer.bytes_used();
+        let target = self.config.buffer_max_bytes / 4;
+        if used <= target {
+            return Ok(());
+        }
+        let mut sizes = Vec::new();
+        let mut total = 0usize;
+        for key in self.buffer.keys()? {
+            let len = self.buffer.len(&key)?;
+            total += len;
+            sizes.push((len, key));
+        }
+        if total == 0 {
+            return Ok(());
+        }
+        sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
+        let mut projected = used;
+        let per_record = used / total;
+        {
+            let mut due = self.due.lock();
+            for (len, key) in sizes {
+                if projected <= target {
+                    break;
+                }
+                projected = projected.saturating_sub(len * per_record);
+                due.push_back((key, Mode::All));
+            }
+        }
+        self.notify();
         Ok(())
     }
 
-    /// The buffer is (nearly) full: flush the biggest keys until it is at most a quarter full.
+    /// Without background threads: make room in the caller's thread.
     fn relieve_pressure(&self) -> Result<()> {
-        let limit = self.config.buffer_max_bytes / 4;
-        let mut sizes = Vec::new();
-        for key in self.buffer.keys()? {
-            sizes.push((self.buffer.len(&key)?, key));
-        }
-        sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
-        for (_, key) in sizes {
-            if self.buffer.bytes_used() <= limit {
-                break;
-            }
-            self.flush_key(&key, Mode::All)?;
-        }
-        self.drain_dlq()?;
-        Ok(())
+        self.queue_pressure_flushes()?;
+        self.flush_due()?;
+        self.drain_dlq()
     }
 
     fn tick(&self) -> Result<FlushReport> {
@@ -608,7 +680,7 @@ impl Inner {
         if self.config.redis_skip_flush {
             return Ok(report);
         }
-        let _serial = self.flush_lock.lock();
+        let _exclusive = self.claim(key);
         if !self.buffer.try_lock(key)? {
             self.counters
                 .lock_contention
@@ -763,12 +835,26 @@ impl Inner {
         }
     }
 
+    /// Waits until no other thread of this process flushes `key`, then marks it as ours
+    /// until the returned guard is dropped.
+    fn claim<'a>(&'a self, key: &str) -> KeyClaim<'a> {
+        let mut set = self.in_flight.lock();
+        while set.contains(key) {
+            self.in_flight_done.wait(&mut set);
+        }
+        set.insert(key.to_string());
+        KeyClaim {
+            inner: self,
+            key: key.to_string(),
+        }
+    }
+
     /// Writes pending dead-letter entries as NDJSON files under `dlq/`.
     fn drain_dlq(&self) -> Result<()> {
         if self.config.redis_skip_flush {
             return Ok(());
         }
-        let _serial = self.flush_lock.lock();
+        let _serial = self.dlq_lock.lock();
         loop {
             let entries = self.buffer.get_dlq(DLQ_BATCH)?;
             if entries.is_empty() {
@@ -808,6 +894,7 @@ impl Inner {
     /// Re-sends recovery items. With `closing`, items that still fail are kept on local
     /// disk when the buffer is not durable. Returns the number written.
     fn resend_recovery(&self, closing: bool) -> Result<usize> {
+        let _serial = self.recovery_lock.lock();
         let items = self.buffer.get_recovery()?;
         let mut written = 0;
         for mut item in items {

@@ -45,6 +45,24 @@ pub enum Loose<'a> {
 }
 
 impl Loose<'_> {
+    /// Like [`Loose::scalar_text`], consuming the value (an owned string is moved, not
+    /// copied); a non-scalar is handed back.
+    fn into_scalar_text(self) -> std::result::Result<String, Self> {
+        match self {
+            Loose::Str(s) => Ok(s.into_owned()),
+            Loose::Null | Loose::Array(_) | Loose::Map(_) => Err(self),
+            other => Ok(other.scalar_text().unwrap_or_default()),
+        }
+    }
+
+    /// Like [`Loose::any_text`], consuming the value.
+    fn into_any_text(self) -> String {
+        match self {
+            Loose::Str(s) => s.into_owned(),
+            other => other.any_text(),
+        }
+    }
+
     /// The value as text when it is a scalar: strings as they are, numbers and booleans in
     /// their canonical form. `None` for null, arrays and maps.
     fn scalar_text(&self) -> Option<String> {
@@ -308,23 +326,11 @@ fn to_bool(v: &Loose<'_>) -> Option<bool> {
     }
 }
 
-fn to_list(v: &Loose<'_>) -> Option<Vec<String>> {
+fn to_list(v: Loose<'_>) -> std::result::Result<Vec<String>, Loose<'_>> {
     match v {
-        Loose::Array(items) => Some(items.iter().map(Loose::any_text).collect()),
-        Loose::Map(_) => None,
-        scalar => scalar.scalar_text().map(|s| vec![s]),
-    }
-}
-
-fn to_map(v: &Loose<'_>) -> Option<StringMap> {
-    match v {
-        Loose::Map(entries) => Some(
-            entries
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.any_text()))
-                .collect(),
-        ),
-        _ => None,
+        Loose::Array(items) => Ok(items.into_iter().map(Loose::into_any_text).collect()),
+        Loose::Map(_) => Err(v),
+        scalar => scalar.into_scalar_text().map(|s| vec![s]),
     }
 }
 
@@ -353,8 +359,8 @@ struct Builder {
 }
 
 impl Builder {
-    fn extra(&mut self, key: &str, value: &Loose<'_>) {
-        let text = value.any_text();
+    fn extra(&mut self, key: &str, value: Loose<'_>) {
+        let text = value.into_any_text();
         insert_unique(
             self.log.extra_fields.get_or_insert_with(StringMap::new),
             key,
@@ -369,41 +375,30 @@ impl Builder {
         let bit = 1u64 << (field as u32);
         let repeatable = matches!(field, Field::Args | Field::ExtraFields);
         if self.filled & bit != 0 && !repeatable {
-            self.extra(key, &value);
+            self.extra(key, value);
             return;
         }
-        if self.apply(field, key, &value) {
-            self.filled |= bit;
-        } else {
-            self.extra(key, &value);
+        match self.apply(field, value) {
+            Ok(()) => self.filled |= bit,
+            Err(misfit) => self.extra(key, misfit),
         }
     }
 
-    /// Puts `value` into `field`; false when it does not fit (the caller keeps it as extra).
-    fn apply(&mut self, field: Field, _key: &str, value: &Loose<'_>) -> bool {
+    /// Puts `value` into `field`, or hands it back when it does not fit (the caller keeps
+    /// it as an extra field).
+    fn apply<'v>(&mut self, field: Field, value: Loose<'v>) -> std::result::Result<(), Loose<'v>> {
         let l = &mut self.log;
-        let text = || value.scalar_text();
         macro_rules! req {
-            ($f:ident) => {
-                match text() {
-                    Some(s) => {
-                        l.$f = s;
-                        true
-                    }
-                    None => false,
-                }
-            };
+            ($f:ident) => {{
+                l.$f = value.into_scalar_text()?;
+                Ok(())
+            }};
         }
         macro_rules! opt {
-            ($f:ident) => {
-                match text() {
-                    Some(s) => {
-                        l.$f = Some(s);
-                        true
-                    }
-                    None => false,
-                }
-            };
+            ($f:ident) => {{
+                l.$f = Some(value.into_scalar_text()?);
+                Ok(())
+            }};
         }
         match field {
             Field::Time => req!(time),
@@ -432,13 +427,31 @@ impl Builder {
             Field::Ttl => opt!(ttl),
             Field::LoggerName => opt!(logger_name),
             Field::ThreadName => opt!(thread_name),
-            Field::Audit => to_bool(value).map(|b| l.audit = Some(b)).is_some(),
-            Field::AutoIndex => to_bool(value).map(|b| l.auto_index = Some(b)).is_some(),
-            Field::TraceIp => to_list(value).map(|v| l.trace_ip = Some(v)).is_some(),
-            Field::Tags => to_list(value).map(|v| l.tags = Some(v)).is_some(),
+            Field::Audit => match to_bool(&value) {
+                Some(b) => {
+                    l.audit = Some(b);
+                    Ok(())
+                }
+                None => Err(value),
+            },
+            Field::AutoIndex => match to_bool(&value) {
+                Some(b) => {
+                    l.auto_index = Some(b);
+                    Ok(())
+                }
+                None => Err(value),
+            },
+            Field::TraceIp => {
+                l.trace_ip = Some(to_list(value)?);
+                Ok(())
+            }
+            Field::Tags => {
+                l.tags = Some(to_list(value)?);
+                Ok(())
+            }
             Field::Args | Field::ExtraFields => {
-                let Some(map) = to_map(value) else {
-                    return false;
+                let Loose::Map(entries) = value else {
+                    return Err(value);
                 };
                 let target = if field == Field::Args {
                     &mut l.args
@@ -446,18 +459,16 @@ impl Builder {
                     &mut l.extra_fields
                 };
                 let target = target.get_or_insert_with(StringMap::new);
-                for (k, v) in map {
-                    insert_unique(target, &k, v);
+                for (k, v) in entries {
+                    insert_unique(target, &k, v.into_any_text());
                 }
-                true
+                Ok(())
             }
-            Field::Host => match text() {
-                Some(s) => {
-                    insert_unique(l.args.get_or_insert_with(StringMap::new), "host", s);
-                    true
-                }
-                None => false,
-            },
+            Field::Host => {
+                let host = value.into_scalar_text()?;
+                insert_unique(l.args.get_or_insert_with(StringMap::new), "host", host);
+                Ok(())
+            }
         }
     }
 }
@@ -479,7 +490,7 @@ impl<'de> Visitor<'de> for LogVisitor {
                 Some(field) => b.set(field, &key, value),
                 None => {
                     if !matches!(value, Loose::Null) {
-                        b.extra(&key, &value);
+                        b.extra(&key, value);
                     }
                 }
             }
@@ -540,7 +551,7 @@ pub fn from_loose(value: Loose<'_>, what: impl FnOnce() -> String) -> Result<Log
             Some(field) => b.set(field, &key, value),
             None => {
                 if !matches!(value, Loose::Null) {
-                    b.extra(&key, &value);
+                    b.extra(&key, value);
                 }
             }
         }
