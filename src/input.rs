@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
-use crate::record::{Log, decode::truncate, decode_json_line};
+use crate::record::{Log, decode::truncate, decode_json_bytes, decode_json_line};
 
 /// The shape of an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,13 +128,7 @@ pub fn read_json_lines<R: BufRead>(
             continue;
         }
         let what = || format!("line {line_no} of {name}");
-        let decoded = match std::str::from_utf8(trimmed) {
-            Ok(text) => decode_json_line(text, what),
-            Err(e) => Err(Error::Decode {
-                what: what(),
-                reason: format!("invalid UTF-8: {e}"),
-            }),
-        };
+        let decoded = decode_json_bytes(trimmed, what);
         match decoded {
             Ok(log) => {
                 records.push(log);
@@ -400,6 +394,6 @@ mod tests {
         })
         .expect("read");
         assert_eq!(n, 1);
-        assert!(bad[0].reason.contains("UTF-8"));
+        assert!(bad[0].reason.contains("unicode"), "{}", bad[0].reason);
     }
 }

@@ -524,6 +524,15 @@ pub fn decode_json_line(text: &str, what: impl FnOnce() -> String) -> Result<Log
     })
 }
 
+/// Like [`decode_json_line`] for raw bytes: UTF-8 is validated while parsing (no separate
+/// pass), and invalid UTF-8 is reported as such.
+pub fn decode_json_bytes(bytes: &[u8], what: impl FnOnce() -> String) -> Result<Log> {
+    serde_json::from_slice::<Log>(bytes).map_err(|e| Error::Decode {
+        what: what(),
+        reason: describe_json_error(&e),
+    })
+}
+
 fn describe_json_error(e: &serde_json::Error) -> String {
     match e.classify() {
         serde_json::error::Category::Data => {
