@@ -2,9 +2,12 @@
 //! temporary file in the same directory, synced, then renamed into place, so no reader
 //! ever sees half a file.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
+
+use parking_lot::Mutex;
 
 use super::Writer;
 use crate::error::{Error, Result};
@@ -12,12 +15,17 @@ use crate::error::{Error, Result};
 /// Writes objects as files below a root directory.
 pub struct FileWriter {
     root: PathBuf,
+    /// Directories already created (saves a `mkdir` per file; re-created if removed).
+    made: Mutex<HashSet<PathBuf>>,
 }
 
 impl FileWriter {
     /// A writer rooted at `root` (created by [`Writer::init`]).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        FileWriter { root: root.into() }
+        FileWriter {
+            root: root.into(),
+            made: Mutex::new(HashSet::new()),
+        }
     }
 
     /// The path `name` maps to, refusing anything that could leave the root.
@@ -53,19 +61,33 @@ impl Writer for FileWriter {
         let dir = path
             .parent()
             .ok_or_else(|| self.error(name, "object name has no parent directory", false))?;
-        fs::create_dir_all(dir)
-            .map_err(|e| self.error(name, format!("creating {}: {e}", dir.display()), true))?;
+        let make_dir = || {
+            fs::create_dir_all(dir)
+                .map_err(|e| self.error(name, format!("creating {}: {e}", dir.display()), true))
+        };
+        if !self.made.lock().contains(dir) {
+            make_dir()?;
+            self.made.lock().insert(dir.to_path_buf());
+        }
         let file_name = path
             .file_name()
             .and_then(|f| f.to_str())
             .ok_or_else(|| self.error(name, "object name has no file name", false))?;
         let tmp = dir.join(format!(".{file_name}.{}.tmp", ulid::Ulid::generate()));
-        let result = (|| -> std::io::Result<()> {
+        let attempt = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)
-        })();
+        };
+        let mut result = attempt();
+        if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
+            // The directory was removed behind our back: make it again and retry once.
+            self.made.lock().remove(dir);
+            make_dir()?;
+            self.made.lock().insert(dir.to_path_buf());
+            result = attempt();
+        }
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
             return Err(self.error(name, e.to_string(), true));
@@ -107,6 +129,16 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn recreates_a_directory_removed_behind_its_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = FileWriter::new(dir.path());
+        w.write("a/b/one.parquet", b"1").expect("write");
+        fs::remove_dir_all(dir.path().join("a")).expect("rm");
+        w.write("a/b/two.parquet", b"2").expect("write after rm");
+        assert_eq!(fs::read(dir.path().join("a/b/two.parquet")).expect("read"), b"2");
     }
 
     #[test]
