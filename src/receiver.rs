@@ -987,15 +987,8 @@ impl Inner {
     fn stats(&self) -> Stats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (buffered, backlog) = match (self.buffer.keys(), self.buffer.get_recovery()) {
-            (Ok(keys), Ok(rec)) => (
-                keys.iter()
-                    .map(|k| self.buffer.len(k).unwrap_or(0) as u64)
-                    .sum(),
-                rec.len() as u64,
-            ),
-            _ => (0, 0),
-        };
+        let buffered = self.buffer.total_len().unwrap_or(0) as u64;
+        let backlog = self.buffer.recovery_len().unwrap_or(0) as u64;
         Stats {
             records_in: get(&c.records_in),
             records_written: get(&c.records_written),

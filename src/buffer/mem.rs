@@ -143,6 +143,14 @@ impl Buffer for MemBuffer {
         Ok(())
     }
 
+    fn recovery_len(&self) -> Result<usize> {
+        Ok(self.state.lock().recovery.len())
+    }
+
+    fn total_len(&self) -> Result<usize> {
+        Ok(self.state.lock().keys.values().map(VecDeque::len).sum())
+    }
+
     fn try_lock(&self, _key: &str) -> Result<bool> {
         // One process owns a memory buffer; the receiver serialises its own flushes.
         Ok(true)

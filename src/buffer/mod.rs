@@ -117,6 +117,18 @@ pub trait Buffer: Send + Sync {
     fn get_recovery(&self) -> Result<Vec<RecoveryItem>>;
     /// Removes a recovery item (after it was written or spilled to disk).
     fn remove_recovery(&self, id: &str) -> Result<()>;
+    /// Number of recovery items (for metrics; override when cheaper than `get_recovery`).
+    fn recovery_len(&self) -> Result<usize> {
+        self.get_recovery().map(|items| items.len())
+    }
+    /// Records buffered over all keys (for metrics; override when cheaper).
+    fn total_len(&self) -> Result<usize> {
+        let mut total = 0;
+        for key in self.keys()? {
+            total += self.len(&key)?;
+        }
+        Ok(total)
+    }
     /// Tries to take the flush lock of `key` for this instance (the seed's CheckLock).
     /// `true` when this instance holds it now; `false` when another instance does.
     fn try_lock(&self, key: &str) -> Result<bool>;

@@ -138,7 +138,10 @@ mod tests {
         w.write("a/b/one.parquet", b"1").expect("write");
         fs::remove_dir_all(dir.path().join("a")).expect("rm");
         w.write("a/b/two.parquet", b"2").expect("write after rm");
-        assert_eq!(fs::read(dir.path().join("a/b/two.parquet")).expect("read"), b"2");
+        assert_eq!(
+            fs::read(dir.path().join("a/b/two.parquet")).expect("read"),
+            b"2"
+        );
     }
 
     #[test]
