@@ -1,7 +1,7 @@
 //! Profiling aid: times decoding (JSON Lines -> Log) and Parquet encoding separately.
 //! `cargo run --release --example profile_convert -- bench-out/logs-200000.jsonl`
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     let path = std::env::args()
