@@ -359,6 +359,15 @@ struct Builder {
 }
 
 impl Builder {
+    /// One key/value of the input: into its column, or kept as an extra field.
+    fn entry(&mut self, key: &str, value: Loose<'_>) {
+        match lookup(key) {
+            Some(field) => self.set(field, key, value),
+            None if matches!(value, Loose::Null) => {}
+            None => self.extra(key, value),
+        }
+    }
+
     fn extra(&mut self, key: &str, value: Loose<'_>) {
         let text = value.into_any_text();
         insert_unique(
@@ -486,14 +495,7 @@ impl<'de> Visitor<'de> for LogVisitor {
         let mut b = Builder::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let value = map.next_value::<Loose<'de>>()?;
-            match lookup(&key) {
-                Some(field) => b.set(field, &key, value),
-                None => {
-                    if !matches!(value, Loose::Null) {
-                        b.extra(&key, value);
-                    }
-                }
-            }
+            b.entry(&key, value);
         }
         Ok(b.log)
     }
@@ -556,14 +558,7 @@ pub fn from_loose(value: Loose<'_>, what: impl FnOnce() -> String) -> Result<Log
     };
     let mut b = Builder::default();
     for (key, value) in entries {
-        match lookup(&key) {
-            Some(field) => b.set(field, &key, value),
-            None => {
-                if !matches!(value, Loose::Null) {
-                    b.extra(&key, value);
-                }
-            }
-        }
+        b.entry(&key, value);
     }
     Ok(b.log)
 }
