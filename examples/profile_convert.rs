@@ -47,19 +47,49 @@ fn main() {
             )
         })
         .collect();
-    let opts = data2parquet::convert::EncodeOptions::from_config(&data2parquet::Config::default());
-    let start = std::time::Instant::now();
-    let mut out = 0;
-    for chunk in records.chunks(1400) {
-        out += data2parquet::convert::encode(chunk, &opts)
-            .expect("encode")
-            .len();
+    let base = data2parquet::convert::EncodeOptions::from_config(&data2parquet::Config::default());
+    let variants = [
+        (
+            "default (snappy, dictionary, page statistics)",
+            base.clone(),
+        ),
+        (
+            "no statistics",
+            data2parquet::convert::EncodeOptions {
+                statistics: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "no dictionary",
+            data2parquet::convert::EncodeOptions {
+                dictionary: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "uncompressed",
+            data2parquet::convert::EncodeOptions {
+                compression: data2parquet::config::Compression::None,
+                ..base.clone()
+            },
+        ),
+    ];
+    for round in 0..2 {
+        for (name, opts) in &variants {
+            let start = std::time::Instant::now();
+            let mut out = 0;
+            for chunk in records.chunks(1400) {
+                out += data2parquet::convert::encode(chunk, opts)
+                    .expect("encode")
+                    .len();
+            }
+            let t = start.elapsed();
+            println!(
+                "round {round} {name}: {:.2} us/record, {} bytes",
+                t.as_secs_f64() * 1e6 / records.len() as f64,
+                out
+            );
+        }
     }
-    let t = start.elapsed();
-    println!(
-        "encode 50000 records in chunks of 1400: {:.3} s -> x4 = {:.3} s for 200k; {} bytes",
-        t.as_secs_f64(),
-        t.as_secs_f64() * 4.0,
-        out
-    );
 }

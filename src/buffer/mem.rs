@@ -86,18 +86,24 @@ impl Buffer for MemBuffer {
     }
 
     fn clear(&self, key: &str, count: usize) -> Result<()> {
-        let mut st = self.state.lock();
-        let mut freed = 0;
-        let mut now_empty = false;
-        if let Some(q) = st.keys.get_mut(key) {
-            let n = count.min(q.len());
-            freed = q.drain(..n).map(|(_, size)| size).sum();
-            now_empty = q.is_empty();
-        }
-        if now_empty {
-            st.keys.remove(key);
-        }
-        st.bytes -= freed;
+        // Take the records out under the lock, free them after it: freeing thousands of
+        // records is slow and must not block pushes.
+        let drained: Vec<(Record, usize)> = {
+            let mut st = self.state.lock();
+            let mut drained = Vec::new();
+            let mut now_empty = false;
+            if let Some(q) = st.keys.get_mut(key) {
+                let n = count.min(q.len());
+                drained.extend(q.drain(..n));
+                now_empty = q.is_empty();
+            }
+            if now_empty {
+                st.keys.remove(key);
+            }
+            st.bytes -= drained.iter().map(|(_, size)| size).sum::<usize>();
+            drained
+        };
+        drop(drained);
         Ok(())
     }
 
