@@ -16,8 +16,7 @@ fn main() {
         if line.is_empty() {
             continue;
         }
-        let text = std::str::from_utf8(line).expect("utf8");
-        let log = data2parquet::record::decode_json_line(text, String::new).expect("decode");
+        let log = data2parquet::record::decode_json_bytes(line, String::new).expect("decode");
         bytes += log.estimated_size();
         logs.push(log);
         if logs.len() == 1024 {
