@@ -337,7 +337,11 @@ fn as_bool(key: &str, value: &Value) -> Result<bool> {
         Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "on" | "yes" | "1" => Ok(true),
             "false" | "off" | "no" | "0" | "" => Ok(false),
-            _ => Err(Error::config(key, s.clone(), "true or false (on/off, yes/no, 1/0)")),
+            _ => Err(Error::config(
+                key,
+                s.clone(),
+                "true or false (on/off, yes/no, 1/0)",
+            )),
         },
         other => Err(Error::config(key, value_text(other), "true or false")),
     }
@@ -358,7 +362,11 @@ fn size_text(value: &Value) -> Option<u64> {
             } else {
                 (lower.as_str(), 1)
             };
-            digits.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
+            digits
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(mult))
         }
         _ => None,
     }
@@ -703,8 +711,11 @@ mod tests {
         assert!(err.to_string().contains("lz4") && err.to_string().contains("zstd"));
         let err = Config::from_pairs([("BufferType", "redis")]).expect_err("needs host");
         assert!(err.to_string().contains("RedisHost"));
-        let err = Config::from_pairs([("WriterCompressionType", "gzip"), ("WriterCompressionLevel", "12")])
-            .expect_err("gzip level");
+        let err = Config::from_pairs([
+            ("WriterCompressionType", "gzip"),
+            ("WriterCompressionLevel", "12"),
+        ])
+        .expect_err("gzip level");
         assert!(err.to_string().contains("0 to 9"));
         let err = Config::from_pairs([("BufferSize", "0")]).expect_err("zero");
         assert!(err.to_string().contains("BufferSize"));

@@ -9,7 +9,8 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, ListBuilder, MapBuilder, MapFieldNames, StringArray, StringBuilder,
+    Array, ArrayRef, BooleanArray, ListBuilder, MapBuilder, MapFieldNames, StringArray,
+    StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -361,12 +362,20 @@ mod tests {
             Compression::Gzip(6),
             Compression::None,
         ] {
-            let data = encode(&records, &EncodeOptions { compression, ..opts() }).expect("encode");
+            let data = encode(
+                &records,
+                &EncodeOptions {
+                    compression,
+                    ..opts()
+                },
+            )
+            .expect("encode");
             let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(data))
                 .expect("reader")
                 .build()
                 .expect("build");
-            let batches: Vec<RecordBatch> = reader.collect::<std::result::Result<_, _>>().expect("read");
+            let batches: Vec<RecordBatch> =
+                reader.collect::<std::result::Result<_, _>>().expect("read");
             assert_eq!(batches.len(), 1);
             let back = &batches[0];
             assert_eq!(back.num_rows(), 2);

@@ -118,7 +118,10 @@ pub fn decode_chunk(data: &[u8], tag: &str) -> Result<Decoded> {
 }
 
 /// One event: `Ok(None)` for a group marker, `Err((reason, raw json))` for a bad shape.
-fn decode_event(value: ValueRef<'_>, tag: &str) -> std::result::Result<Option<Log>, (String, String)> {
+fn decode_event(
+    value: ValueRef<'_>,
+    tag: &str,
+) -> std::result::Result<Option<Log>, (String, String)> {
     let raw = |v: &ValueRef<'_>| compact(&to_loose(v));
     let ValueRef::Array(mut root) = value else {
         return Err(("the event is not a 2-element array".into(), raw(&value)));
@@ -133,7 +136,10 @@ fn decode_event(value: ValueRef<'_>, tag: &str) -> std::result::Result<Option<Lo
         ValueRef::Array(mut h) => {
             if h.len() != 2 {
                 let whole = ValueRef::Array(vec![ValueRef::Array(h), body]);
-                return Err(("the v2 header is not [timestamp, metadata]".into(), raw(&whole)));
+                return Err((
+                    "the v2 header is not [timestamp, metadata]".into(),
+                    raw(&whole),
+                ));
             }
             let meta = h.pop().expect("length checked: 2 elements");
             let ts = h.pop().expect("length checked: 2 elements");
@@ -160,7 +166,8 @@ fn decode_event(value: ValueRef<'_>, tag: &str) -> std::result::Result<Option<Lo
         let reason = "the record body is not a map".to_string();
         return Err((reason, raw(&ValueRef::Array(vec![ts, body]))));
     }
-    let mut log = from_loose(to_loose(&body), || "event".into()).map_err(|e| (e.to_string(), raw(&body)))?;
+    let mut log =
+        from_loose(to_loose(&body), || "event".into()).map_err(|e| (e.to_string(), raw(&body)))?;
     let fluent_time = Utc
         .timestamp_opt(sec, nsec)
         .single()
@@ -425,13 +432,21 @@ mod tests {
         let d = decode_chunk(&c, "t").expect("decodes");
         let log = &d.records[0];
         assert_eq!((log.level.as_str(), log.message.as_str()), ("warn", "m32"));
-        assert_eq!(log.args.as_ref().expect("args")[ARG_METADATA], r#"{"k":"v"}"#);
+        assert_eq!(
+            log.args.as_ref().expect("args")[ARG_METADATA],
+            r#"{"k":"v"}"#
+        );
     }
 
     #[test]
     fn record_time_wins_over_fluent_time() {
         let mut c = Vec::new();
-        v2(&mut c, 10, 0, &[("time", "2024-05-01T10:00:00Z"), ("message", "x")]);
+        v2(
+            &mut c,
+            10,
+            0,
+            &[("time", "2024-05-01T10:00:00Z"), ("message", "x")],
+        );
         let d = decode_chunk(&c, "t").expect("decodes");
         assert_eq!(d.records[0].time, "2024-05-01T10:00:00Z");
         assert_eq!(
@@ -464,7 +479,10 @@ mod tests {
         v2(&mut c, 30, 0, &[("foo", "bar")]);
         let d = decode_chunk(&c, "t").expect("decodes");
         assert_eq!(d.records.len(), 1);
-        assert_eq!(d.records[0].extra_fields.as_ref().expect("extra")["foo"], "bar");
+        assert_eq!(
+            d.records[0].extra_fields.as_ref().expect("extra")["foo"],
+            "bar"
+        );
     }
 
     #[test]
@@ -507,7 +525,11 @@ mod tests {
 
     #[test]
     fn garbage_at_the_start_is_an_error() {
-        for garbage in [&b"hello world"[..], &[0xc1, 0x00, 0x01], &[0xdf, 0xff, 0xff, 0xff]] {
+        for garbage in [
+            &b"hello world"[..],
+            &[0xc1, 0x00, 0x01],
+            &[0xdf, 0xff, 0xff, 0xff],
+        ] {
             let err = decode_chunk(garbage, "t").expect_err("not events");
             assert!(err.to_string().contains("msgpack"), "{err}");
             assert!(!err.is_retryable());

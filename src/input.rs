@@ -228,7 +228,10 @@ impl<'de> Visitor<'de> for ArraySeed<'_, '_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
         while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            self.0.borrow_mut().element(&raw).map_err(de::Error::custom)?;
+            self.0
+                .borrow_mut()
+                .element(&raw)
+                .map_err(de::Error::custom)?;
         }
         Ok(())
     }
@@ -355,7 +358,10 @@ mod tests {
         let stats = r.expect("read");
         assert_eq!(stats.records, 2);
         assert_eq!(stats.rejected, 2);
-        assert_eq!(logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            logs.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(bad[0].what, "line 3 of in.json");
         assert_eq!(bad[0].raw, "not json");
         assert_eq!(bad[1].what, "line 4 of in.json");
@@ -363,7 +369,8 @@ mod tests {
 
     #[test]
     fn arrays_and_documents_stream() {
-        let (r, logs, bad) = collect("[{\"message\":\"a\"}, 5, {\"message\":\"b\"}, {\"message\":\"c\"}]");
+        let (r, logs, bad) =
+            collect("[{\"message\":\"a\"}, 5, {\"message\":\"b\"}, {\"message\":\"c\"}]");
         assert_eq!(r.expect("read").records, 3);
         assert_eq!(logs.len(), 3);
         assert_eq!(bad[0].what, "element 2 of in.json");

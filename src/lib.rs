@@ -39,7 +39,9 @@ use writer::Writer;
 /// Builds the buffer a configuration names.
 pub fn build_buffer(config: &Config) -> Result<Arc<dyn Buffer>> {
     match config.buffer_type {
-        BufferType::Mem => Ok(Arc::new(buffer::mem::MemBuffer::new(config.buffer_max_bytes))),
+        BufferType::Mem => Ok(Arc::new(buffer::mem::MemBuffer::new(
+            config.buffer_max_bytes,
+        ))),
         BufferType::Redis => Err(Error::config(
             "BufferType",
             "redis",
@@ -51,7 +53,9 @@ pub fn build_buffer(config: &Config) -> Result<Arc<dyn Buffer>> {
 /// Builds the writer a configuration names.
 pub fn build_writer(config: &Config) -> Result<Arc<dyn Writer>> {
     match config.writer_type {
-        WriterType::File => Ok(Arc::new(writer::file::FileWriter::new(&config.writer_file_path))),
+        WriterType::File => Ok(Arc::new(writer::file::FileWriter::new(
+            &config.writer_file_path,
+        ))),
         WriterType::AwsS3 => Err(Error::config(
             "WriterType",
             "aws-s3",

@@ -108,7 +108,8 @@ impl FlushReport {
         self.records += other.records;
         self.files += other.files;
         self.records_to_recovery += other.records_to_recovery;
-        self.keys_locked_elsewhere.extend(other.keys_locked_elsewhere);
+        self.keys_locked_elsewhere
+            .extend(other.keys_locked_elsewhere);
         self.names.extend(other.names);
     }
 }
@@ -159,7 +160,13 @@ impl Receiver {
     pub fn from_config(config: Config) -> Result<Receiver> {
         let buffer = crate::build_buffer(&config)?;
         let writer = crate::build_writer(&config)?;
-        Receiver::new(config, buffer, writer, Arc::new(SystemClock), Background::Thread)
+        Receiver::new(
+            config,
+            buffer,
+            writer,
+            Arc::new(SystemClock),
+            Background::Thread,
+        )
     }
 
     /// Starts an engine over the given parts. Initialises the writer first, so a bad
@@ -244,7 +251,12 @@ impl Receiver {
 
     /// Like [`Receiver::push`], but when the buffer is full waits (up to `timeout`) for the
     /// flusher to make room instead of failing. Used by batch tools such as json2parquet.
-    pub fn push_wait(&self, records: Vec<Log>, dlq: Vec<DlqEntry>, timeout: Duration) -> Result<usize> {
+    pub fn push_wait(
+        &self,
+        records: Vec<Log>,
+        dlq: Vec<DlqEntry>,
+        timeout: Duration,
+    ) -> Result<usize> {
         let deadline = Instant::now() + timeout;
         let batch = self.prepare(records, dlq)?;
         loop {
@@ -497,7 +509,9 @@ impl Inner {
                 }
             }
             if let Err(e) = self.flush_due() {
-                log::warn!("background flush failed: {e}; the records stay buffered and will be retried");
+                log::warn!(
+                    "background flush failed: {e}; the records stay buffered and will be retried"
+                );
             }
             if self.pressure.swap(false, Ordering::AcqRel) {
                 if let Err(e) = self.relieve_pressure() {
@@ -593,7 +607,9 @@ impl Inner {
         }
         let _serial = self.flush_lock.lock();
         if !self.buffer.try_lock(key)? {
-            self.counters.lock_contention.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .lock_contention
+                .fetch_add(1, Ordering::Relaxed);
             log::debug!("flush of `{key}` skipped: another instance holds its lock");
             report.keys_locked_elsewhere.push(key.to_string());
             return Ok(report);
@@ -642,7 +658,13 @@ impl Inner {
     /// A failed write puts the file in the recovery bucket; records that cannot be encoded
     /// go to the DLQ. Returns an error only when the data could be kept nowhere (then the
     /// caller leaves the records in the buffer).
-    fn write_batch(&self, key: &str, id: &str, records: Vec<Record>, report: &mut FlushReport) -> Result<()> {
+    fn write_batch(
+        &self,
+        key: &str,
+        id: &str,
+        records: Vec<Record>,
+        report: &mut FlushReport,
+    ) -> Result<()> {
         let now = self.clock.now();
         let mut by_hour: BTreeMap<Hour, Vec<Record>> = BTreeMap::new();
         for r in records {
@@ -654,10 +676,14 @@ impl Inner {
             let (data, good) = match convert::encode(&group, &self.encode) {
                 Ok(data) => (data, group.len()),
                 Err(e) => {
-                    log::warn!("encoding {} records of `{key}` failed: {e}; isolating the bad ones", group.len());
-                    let (good, bad): (Vec<Record>, Vec<Record>) = group
-                        .into_iter()
-                        .partition(|r| convert::encode(std::slice::from_ref(r), &self.encode).is_ok());
+                    log::warn!(
+                        "encoding {} records of `{key}` failed: {e}; isolating the bad ones",
+                        group.len()
+                    );
+                    let (good, bad): (Vec<Record>, Vec<Record>) =
+                        group.into_iter().partition(|r| {
+                            convert::encode(std::slice::from_ref(r), &self.encode).is_ok()
+                        });
                     let entries: Vec<DlqEntry> = bad
                         .iter()
                         .map(|r| DlqEntry {
@@ -667,8 +693,13 @@ impl Inner {
                             time: format_time(now),
                         })
                         .collect();
-                    self.counters.records_dlq.fetch_add(entries.len() as u64, Ordering::Relaxed);
-                    self.buffer.push(PushBatch { groups: Vec::new(), dlq: entries })?;
+                    self.counters
+                        .records_dlq
+                        .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                    self.buffer.push(PushBatch {
+                        groups: Vec::new(),
+                        dlq: entries,
+                    })?;
                     if good.is_empty() {
                         continue;
                     }
@@ -681,10 +712,19 @@ impl Inner {
     }
 
     /// Writes one file, or keeps it in the recovery bucket when the write fails.
-    fn store(&self, key: &str, name: &str, data: Vec<u8>, records: u64, report: &mut FlushReport) -> Result<()> {
+    fn store(
+        &self,
+        key: &str,
+        name: &str,
+        data: Vec<u8>,
+        records: u64,
+        report: &mut FlushReport,
+    ) -> Result<()> {
         match self.writer.write(name, &data) {
             Ok(()) => {
-                self.counters.records_written.fetch_add(records, Ordering::Relaxed);
+                self.counters
+                    .records_written
+                    .fetch_add(records, Ordering::Relaxed);
                 self.counters.files_written.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .bytes_written
@@ -737,7 +777,8 @@ impl Inner {
             let mut by_key: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
             for e in &entries {
                 let out = by_key.entry(e.key.as_str()).or_default();
-                serde_json::to_writer(&mut *out, e).map_err(|err| Error::Buffer(err.to_string()))?;
+                serde_json::to_writer(&mut *out, e)
+                    .map_err(|err| Error::Buffer(err.to_string()))?;
                 out.push(b'\n');
             }
             for (key, data) in by_key {
@@ -746,7 +787,9 @@ impl Inner {
                 let mut report = FlushReport::default();
                 self.store(key, &name, data, 0, &mut report)?;
                 if report.files == 1 {
-                    self.counters.dlq_files_written.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .dlq_files_written
+                        .fetch_add(1, Ordering::Relaxed);
                     // store() counted it as a Parquet file; DLQ files are counted apart.
                     self.counters.files_written.fetch_sub(1, Ordering::Relaxed);
                     log::info!("wrote dead-letter file {name} ({len} bytes)");
@@ -773,7 +816,11 @@ impl Inner {
                         .bytes_written
                         .fetch_add(item.data.len() as u64, Ordering::Relaxed);
                     written += 1;
-                    log::info!("re-sent {} after {} failed attempt(s)", item.name, item.attempts);
+                    log::info!(
+                        "re-sent {} after {} failed attempt(s)",
+                        item.name,
+                        item.attempts
+                    );
                 }
                 Err(e) => {
                     item.attempts += 1;
@@ -797,9 +844,13 @@ impl Inner {
         let root = Path::new(&self.config.recovery_path);
         let path = root.join(&item.name);
         let dir = path.parent().unwrap_or(root);
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating recovery directory", dir, e))?;
-        std::fs::write(&path, &item.data).map_err(|e| Error::io("writing recovery file", &path, e))?;
-        self.counters.recovery_spilled.fetch_add(1, Ordering::Relaxed);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("creating recovery directory", dir, e))?;
+        std::fs::write(&path, &item.data)
+            .map_err(|e| Error::io("writing recovery file", &path, e))?;
+        self.counters
+            .recovery_spilled
+            .fetch_add(1, Ordering::Relaxed);
         log::error!(
             "could not write {} after {} attempt(s) ({}); kept on local disk at {}",
             item.name,
@@ -848,7 +899,9 @@ impl Inner {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (buffered, backlog) = match (self.buffer.keys(), self.buffer.get_recovery()) {
             (Ok(keys), Ok(rec)) => (
-                keys.iter().map(|k| self.buffer.len(k).unwrap_or(0) as u64).sum(),
+                keys.iter()
+                    .map(|k| self.buffer.len(k).unwrap_or(0) as u64)
+                    .sum(),
                 rec.len() as u64,
             ),
             _ => (0, 0),

@@ -16,7 +16,11 @@ use serde_json::Value;
 
 /// Converts JSON log records into partitioned Parquet files.
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = "The seed's form `json2parquet <config.json> <input>` also works.")]
+#[command(
+    version,
+    about,
+    after_help = "The seed's form `json2parquet <config.json> <input>` also works."
+)]
 struct Args {
     /// JSON configuration file (the seed's format; every key is optional).
     #[arg(long, short)]
@@ -53,9 +57,7 @@ fn looks_like_config(path: &Path) -> bool {
     let mut probe = Config::default();
     !map.is_empty()
         && !map.contains_key("logs")
-        && map
-            .iter()
-            .all(|(k, v)| probe.set(k, v).unwrap_or(true))
+        && map.iter().all(|(k, v)| probe.set(k, v).unwrap_or(true))
 }
 
 fn load_config(args: &mut Args) -> data2parquet::Result<Config> {
@@ -71,7 +73,11 @@ fn load_config(args: &mut Args) -> data2parquet::Result<Config> {
             return Err(Error::config(pair, "", "KEY=VALUE"));
         };
         if !config.set(k.trim(), &Value::String(v.trim().to_string()))? {
-            return Err(Error::config(k, v, "a known configuration key (see the README)"));
+            return Err(Error::config(
+                k,
+                v,
+                "a known configuration key (see the README)",
+            ));
         }
     }
     config.validate()?;
@@ -85,7 +91,11 @@ struct Totals {
     failed_inputs: Vec<String>,
 }
 
-fn convert_input(receiver: &Receiver, path: &Path, totals: &mut Totals) -> data2parquet::Result<()> {
+fn convert_input(
+    receiver: &Receiver,
+    path: &Path,
+    totals: &mut Totals,
+) -> data2parquet::Result<()> {
     let name = path.display().to_string();
     let reader: Box<dyn BufRead> = if name == "-" {
         Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))
@@ -105,12 +115,22 @@ fn convert_input(receiver: &Receiver, path: &Path, totals: &mut Totals) -> data2
     totals.rejected += stats.rejected;
     totals.input_bytes += stats.bytes;
     if stats.rejected > 0 {
-        log::warn!("{name}: {} inputs could not be decoded; they are in the DLQ with their line numbers", stats.rejected);
+        log::warn!(
+            "{name}: {} inputs could not be decoded; they are in the DLQ with their line numbers",
+            stats.rejected
+        );
     }
     Ok(())
 }
 
-fn print_summary(args: &Args, totals: &Totals, stats: &Stats, elapsed: Duration, target: &str, recovery_path: &str) {
+fn print_summary(
+    args: &Args,
+    totals: &Totals,
+    stats: &Stats,
+    elapsed: Duration,
+    target: &str,
+    recovery_path: &str,
+) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     if args.json {
         let v = serde_json::json!({
@@ -134,17 +154,42 @@ fn print_summary(args: &Args, totals: &Totals, stats: &Stats, elapsed: Duration,
         return;
     }
     println!("json2parquet summary");
-    println!("  inputs:            {}", args.inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "  inputs:            {}",
+        args.inputs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("  records read:      {}", totals.read);
     println!("  records written:   {}", stats.records_written);
-    println!("  dead-lettered:     {} ({} undecodable inputs)", stats.records_dlq, totals.rejected);
-    println!("  files:             {} parquet, {} dlq", stats.files_written, stats.dlq_files_written);
-    println!("  bytes written:     {} ({:.1} MB; input {:.1} MB)", stats.bytes_written, stats.bytes_written as f64 / 1e6, totals.input_bytes as f64 / 1e6);
+    println!(
+        "  dead-lettered:     {} ({} undecodable inputs)",
+        stats.records_dlq, totals.rejected
+    );
+    println!(
+        "  files:             {} parquet, {} dlq",
+        stats.files_written, stats.dlq_files_written
+    );
+    println!(
+        "  bytes written:     {} ({:.1} MB; input {:.1} MB)",
+        stats.bytes_written,
+        stats.bytes_written as f64 / 1e6,
+        totals.input_bytes as f64 / 1e6
+    );
     println!("  elapsed:           {secs:.2} s");
-    println!("  throughput:        {:.0} records/s ({:.1} MB/s of input)", totals.read as f64 / secs, totals.input_bytes as f64 / 1e6 / secs);
+    println!(
+        "  throughput:        {:.0} records/s ({:.1} MB/s of input)",
+        totals.read as f64 / secs,
+        totals.input_bytes as f64 / 1e6 / secs
+    );
     println!("  output:            {target}");
     if stats.write_failures > 0 || stats.recovery_spilled > 0 {
-        println!("  write failures:    {} (kept on local disk: {} files under {recovery_path})", stats.write_failures, stats.recovery_spilled);
+        println!(
+            "  write failures:    {} (kept on local disk: {} files under {recovery_path})",
+            stats.write_failures, stats.recovery_spilled
+        );
     }
     for f in &totals.failed_inputs {
         println!("  input failed:      {f}");
@@ -161,7 +206,8 @@ fn main() -> ExitCode {
         }
     };
     let level = if config.debug { "debug" } else { "info" };
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).try_init();
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .try_init();
     let recovery_path = config.recovery_path.clone();
     let started = Instant::now();
     let receiver = match Receiver::from_config(config) {
@@ -171,7 +217,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut totals = Totals { read: 0, rejected: 0, input_bytes: 0, failed_inputs: Vec::new() };
+    let mut totals = Totals {
+        read: 0,
+        rejected: 0,
+        input_bytes: 0,
+        failed_inputs: Vec::new(),
+    };
     for path in args.inputs.clone() {
         if let Err(e) = convert_input(&receiver, &path, &mut totals) {
             log::error!("{e}");
@@ -180,12 +231,20 @@ fn main() -> ExitCode {
     }
     let closed = receiver.close();
     let stats = receiver.stats();
-    print_summary(&args, &totals, &stats, started.elapsed(), &receiver.target(), &recovery_path);
+    print_summary(
+        &args,
+        &totals,
+        &stats,
+        started.elapsed(),
+        &receiver.target(),
+        &recovery_path,
+    );
     if let Err(e) = closed {
         eprintln!("json2parquet: {e}");
         return ExitCode::FAILURE;
     }
-    let nothing_written = stats.records_written == 0 && (totals.read > 0 || totals.rejected > 0 || !totals.failed_inputs.is_empty());
+    let nothing_written = stats.records_written == 0
+        && (totals.read > 0 || totals.rejected > 0 || !totals.failed_inputs.is_empty());
     let lost_to_disk = stats.recovery_spilled > 0;
     if nothing_written || lost_to_disk || !totals.failed_inputs.is_empty() {
         return ExitCode::FAILURE;

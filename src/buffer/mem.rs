@@ -52,7 +52,11 @@ impl Buffer for MemBuffer {
             .iter()
             .flat_map(|(_, rs)| rs.iter().map(|(_, s)| *s))
             .sum::<usize>()
-            + batch.dlq.iter().map(DlqEntry::estimated_size).sum::<usize>();
+            + batch
+                .dlq
+                .iter()
+                .map(DlqEntry::estimated_size)
+                .sum::<usize>();
         let mut st = self.state.lock();
         // An empty buffer always takes one push, so a single huge batch cannot wedge it.
         if st.bytes > 0 && st.bytes + added > self.max_bytes {
@@ -192,10 +196,16 @@ mod tests {
     #[test]
     fn push_get_clear_keep_order() {
         let b = MemBuffer::new(1 << 30);
-        assert_eq!(b.push(one("k", vec![rec("a"), rec("b")])).expect("push"), vec![2]);
+        assert_eq!(
+            b.push(one("k", vec![rec("a"), rec("b")])).expect("push"),
+            vec![2]
+        );
         assert_eq!(b.push(one("k", vec![rec("c")])).expect("push"), vec![3]);
         let got = b.get("k", 2).expect("get");
-        assert_eq!(got.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            got.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         b.clear("k", 2).expect("clear");
         assert_eq!(b.len("k").expect("len"), 1);
         assert_eq!(b.get("k", 10).expect("get")[0].message, "c");
@@ -209,11 +219,14 @@ mod tests {
         let size = rec("x").estimated_size();
         let b = MemBuffer::new(size * 3);
         b.push(one("k", vec![rec("x"), rec("x")])).expect("fits");
-        let err = b.push(one("k", vec![rec("x"), rec("x")])).expect_err("over the bound");
+        let err = b
+            .push(one("k", vec![rec("x"), rec("x")]))
+            .expect_err("over the bound");
         assert!(err.is_retryable());
         assert_eq!(b.len("k").expect("len"), 2, "a refused push adds nothing");
         b.clear("k", 2).expect("clear");
-        b.push(one("k", vec![rec("x"), rec("x")])).expect("fits again after a flush");
+        b.push(one("k", vec![rec("x"), rec("x")]))
+            .expect("fits again after a flush");
     }
 
     #[test]

@@ -584,9 +584,18 @@ mod tests {
         assert_eq!(log.audit, Some(true));
         assert_eq!(log.auto_index, Some(false));
         assert_eq!(log.trace_ip.as_deref().map(<[String]>::len), Some(2));
-        assert_eq!(log.args.as_ref().and_then(|a| a.get("k")).map(String::as_str), Some("v"));
         assert_eq!(
-            log.extra_fields.as_ref().and_then(|a| a.get("x")).map(String::as_str),
+            log.args
+                .as_ref()
+                .and_then(|a| a.get("k"))
+                .map(String::as_str),
+            Some("v")
+        );
+        assert_eq!(
+            log.extra_fields
+                .as_ref()
+                .and_then(|a| a.get("x"))
+                .map(String::as_str),
             Some("y")
         );
         assert_eq!(log.stack_trace.as_deref(), Some("a\nb"));
@@ -606,7 +615,13 @@ mod tests {
         assert_eq!(log.user_id.as_deref(), Some("u"));
         assert_eq!(log.error_code.as_deref(), Some("boom"));
         assert_eq!(log.duration.as_deref(), Some("12"));
-        assert_eq!(log.args.as_ref().and_then(|a| a.get("host")).map(String::as_str), Some("h1"));
+        assert_eq!(
+            log.args
+                .as_ref()
+                .and_then(|a| a.get("host"))
+                .map(String::as_str),
+            Some("h1")
+        );
         assert_eq!(log.business_capability, "cap");
         assert!(log.extra_fields.is_none());
     }
@@ -624,7 +639,11 @@ mod tests {
         assert_eq!(log.tags, Some(vec!["single".to_string()]));
         assert_eq!(
             log.trace_ip,
-            Some(vec!["1".to_string(), "x".to_string(), r#"{"a":1}"#.to_string()])
+            Some(vec![
+                "1".to_string(),
+                "x".to_string(),
+                r#"{"a":1}"#.to_string()
+            ])
         );
         let args = log.args.expect("args");
         assert_eq!(args["n"], "5");
@@ -659,8 +678,7 @@ mod tests {
     #[test]
     fn non_objects_and_broken_json_are_errors() {
         for bad in ["[1,2]", "42", "\"str\"", "{\"a\":", "{\"a\" 1}", "", "null"] {
-            let err = decode_json_line(bad, || "line 7 of x.jsonl".into())
-                .expect_err(bad);
+            let err = decode_json_line(bad, || "line 7 of x.jsonl".into()).expect_err(bad);
             let msg = err.to_string();
             assert!(msg.contains("line 7 of x.jsonl"), "{msg}");
         }
@@ -676,7 +694,10 @@ mod tests {
     fn from_loose_requires_a_map() {
         assert!(from_loose(Loose::I64(3), || "record 1".into()).is_err());
         let log = from_loose(
-            Loose::Map(vec![(Cow::Borrowed("message"), Loose::Str(Cow::Borrowed("x")))]),
+            Loose::Map(vec![(
+                Cow::Borrowed("message"),
+                Loose::Str(Cow::Borrowed("x")),
+            )]),
             || "r".into(),
         )
         .expect("map");

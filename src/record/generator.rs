@@ -8,22 +8,81 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 
-const CAPABILITIES: &[&str] = &["payments", "lending", "identity", "marketing", "logistics", "insurance"];
+const CAPABILITIES: &[&str] = &[
+    "payments",
+    "lending",
+    "identity",
+    "marketing",
+    "logistics",
+    "insurance",
+];
 const DOMAINS: &[&str] = &["cards", "accounts", "onboarding", "risk"];
 const SERVICES: &[&str] = &["api", "worker", "gateway"];
 const APPS: &[&str] = &["web", "mobile"];
-const LEVELS: &[(&str, u32)] = &[("info", 60), ("debug", 15), ("warning", 12), ("error", 10), ("critical", 3)];
+const LEVELS: &[(&str, u32)] = &[
+    ("info", 60),
+    ("debug", 15),
+    ("warning", 12),
+    ("error", 10),
+    ("critical", 3),
+];
 const WORDS: &[&str] = &[
-    "request", "processed", "user", "account", "payment", "timeout", "retry", "cache", "miss",
-    "database", "query", "completed", "failed", "token", "validated", "session", "started",
-    "order", "shipment", "created", "updated", "deleted", "connection", "pool", "exhausted",
-    "latency", "threshold", "exceeded", "queue", "message", "consumed", "published", "batch",
-    "job", "scheduled", "ação", "concluída", "usuário", "überprüft", "データ", "処理", "完了",
-    "🚀", "✓", "naïve", "café",
+    "request",
+    "processed",
+    "user",
+    "account",
+    "payment",
+    "timeout",
+    "retry",
+    "cache",
+    "miss",
+    "database",
+    "query",
+    "completed",
+    "failed",
+    "token",
+    "validated",
+    "session",
+    "started",
+    "order",
+    "shipment",
+    "created",
+    "updated",
+    "deleted",
+    "connection",
+    "pool",
+    "exhausted",
+    "latency",
+    "threshold",
+    "exceeded",
+    "queue",
+    "message",
+    "consumed",
+    "published",
+    "batch",
+    "job",
+    "scheduled",
+    "ação",
+    "concluída",
+    "usuário",
+    "überprüft",
+    "データ",
+    "処理",
+    "完了",
+    "🚀",
+    "✓",
+    "naïve",
+    "café",
 ];
 const RESOURCES: &[&str] = &["k8s", "vm", "serverless", "saas", "cloudservice", "vendor"];
 const CLOUDS: &[&str] = &["aws", "gcp", "azure", "oci"];
-const REGIONS: &[&str] = &["us-east-1", "us-west-2", "eu-west-1", "sa-east-1", "ap-northeast-1"];
+const REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-west-2",
+    "eu-west-1",
+    "sa-east-1",
+    "ap-northeast-1",
+];
 const LOGGERS: &[&str] = &[
     "com.acme.payments.CardService",
     "com.acme.http.RequestLogger",
@@ -31,7 +90,9 @@ const LOGGERS: &[&str] = &[
     "django.request",
     "org.hibernate.SQL",
 ];
-const TAGS: &[&str] = &["prod", "canary", "blue", "green", "pci", "gdpr", "beta", "internal"];
+const TAGS: &[&str] = &[
+    "prod", "canary", "blue", "green", "pci", "gdpr", "beta", "internal",
+];
 
 /// Produces one record after another; the same seed gives the same sequence.
 pub struct Generator {
@@ -60,7 +121,14 @@ impl Generator {
     }
 
     fn uuid(&mut self) -> String {
-        format!("{}-{}-{}-{}-{}", self.hex(8), self.hex(4), self.hex(4), self.hex(4), self.hex(12))
+        format!(
+            "{}-{}-{}-{}-{}",
+            self.hex(8),
+            self.hex(4),
+            self.hex(4),
+            self.hex(4),
+            self.hex(12)
+        )
     }
 
     fn sentence(&mut self, min: usize, max: usize) -> String {
@@ -93,7 +161,10 @@ impl Generator {
         for _ in 0..frames {
             let logger = self.pick(LOGGERS);
             let line = self.rng.random_range(10..900);
-            s.push_str(&format!("\n\tat {logger}.handle({}.java:{line})", logger.rsplit('.').next().unwrap_or("X")));
+            s.push_str(&format!(
+                "\n\tat {logger}.handle({}.java:{line})",
+                logger.rsplit('.').next().unwrap_or("X")
+            ));
         }
         s
     }
@@ -101,11 +172,18 @@ impl Generator {
     /// The next record as a JSON value.
     pub fn next_value(&mut self) -> Value {
         self.n += 1;
-        let base = Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 0).single().unwrap_or_default();
-        let t = base + Duration::milliseconds((self.n * 37) as i64 + self.rng.random_range(0..1000));
+        let base = Utc
+            .with_ymd_and_hms(2024, 5, 1, 8, 0, 0)
+            .single()
+            .unwrap_or_default();
+        let t =
+            base + Duration::milliseconds((self.n * 37) as i64 + self.rng.random_range(0..1000));
         let level = self.level();
         let mut m = Map::new();
-        m.insert("time".into(), json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+        m.insert(
+            "time".into(),
+            json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
         m.insert("level".into(), json!(level));
         for key in ["correlation_id", "session_id", "message_id"] {
             if self.rng.random_bool(0.8) {
@@ -137,7 +215,11 @@ impl Generator {
         if self.rng.random_bool(0.7) {
             let code = [200, 201, 204, 400, 401, 404, 500, 503][self.rng.random_range(0..8)];
             // Real logs mix types: a number in one record, a string in the next.
-            let v = if self.rng.random_bool(0.5) { json!(code) } else { json!(code.to_string()) };
+            let v = if self.rng.random_bool(0.5) {
+                json!(code)
+            } else {
+                json!(code.to_string())
+            };
             m.insert("http_response".into(), v);
         }
         if matches!(level, "error" | "critical") {
@@ -150,13 +232,24 @@ impl Generator {
         }
         if self.rng.random_bool(0.6) {
             let ms = self.rng.random_range(0.1..5000.0f64);
-            let v = if self.rng.random_bool(0.5) { json!((ms * 1000.0).round() / 1000.0) } else { json!(format!("{ms:.3}ms")) };
+            let v = if self.rng.random_bool(0.5) {
+                json!((ms * 1000.0).round() / 1000.0)
+            } else {
+                json!(format!("{ms:.3}ms"))
+            };
             m.insert("duration".into(), v);
         }
         if self.rng.random_bool(0.5) {
             let n = self.rng.random_range(1..4);
             let ips: Vec<String> = (0..n)
-                .map(|_| format!("10.{}.{}.{}", self.rng.random_range(0..255), self.rng.random_range(0..255), self.rng.random_range(1..255)))
+                .map(|_| {
+                    format!(
+                        "10.{}.{}.{}",
+                        self.rng.random_range(0..255),
+                        self.rng.random_range(0..255),
+                        self.rng.random_range(1..255)
+                    )
+                })
                 .collect();
             m.insert("trace_ip".into(), json!(ips));
         }
@@ -191,13 +284,19 @@ impl Generator {
         let thread = format!("worker-{}", self.rng.random_range(0..32));
         m.insert("thread_name".into(), json!(thread));
         if self.rng.random_bool(0.3) {
-            m.insert("customer_tier".into(), json!(["gold", "silver", "bronze"][self.rng.random_range(0..3)]));
+            m.insert(
+                "customer_tier".into(),
+                json!(["gold", "silver", "bronze"][self.rng.random_range(0..3)]),
+            );
         }
         if self.rng.random_bool(0.2) {
             m.insert("retry".into(), json!(self.rng.random_range(0..5)));
         }
         if self.rng.random_bool(0.1) {
-            m.insert("context".into(), json!({"pod": format!("pod-{}", self.hex(5)), "labels": {"team": "core"}}));
+            m.insert(
+                "context".into(),
+                json!({"pod": format!("pod-{}", self.hex(5)), "labels": {"team": "core"}}),
+            );
         }
         Value::Object(m)
     }
@@ -220,14 +319,18 @@ mod tests {
 
     #[test]
     fn deterministic_for_a_seed() {
-        let a: Vec<String> = (0..5).map({
-            let mut g = Generator::new(7);
-            move |_| g.next_line()
-        }).collect();
-        let b: Vec<String> = (0..5).map({
-            let mut g = Generator::new(7);
-            move |_| g.next_line()
-        }).collect();
+        let a: Vec<String> = (0..5)
+            .map({
+                let mut g = Generator::new(7);
+                move |_| g.next_line()
+            })
+            .collect();
+        let b: Vec<String> = (0..5)
+            .map({
+                let mut g = Generator::new(7);
+                move |_| g.next_line()
+            })
+            .collect();
         assert_eq!(a, b);
         let mut other = Generator::new(8);
         assert_ne!(a[0], other.next_line());

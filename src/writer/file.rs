@@ -25,9 +25,7 @@ impl FileWriter {
         let rel = Path::new(name);
         let safe = !name.is_empty()
             && !name.contains('\0')
-            && rel
-                .components()
-                .all(|c| matches!(c, Component::Normal(_)));
+            && rel.components().all(|c| matches!(c, Component::Normal(_)));
         if !safe {
             return Err(self.error(name, "object name is not a plain relative path", false));
         }
@@ -46,7 +44,8 @@ impl FileWriter {
 
 impl Writer for FileWriter {
     fn init(&self) -> Result<()> {
-        fs::create_dir_all(&self.root).map_err(|e| Error::io("creating output directory", &self.root, e))
+        fs::create_dir_all(&self.root)
+            .map_err(|e| Error::io("creating output directory", &self.root, e))
     }
 
     fn write(&self, name: &str, data: &[u8]) -> Result<()> {
@@ -126,7 +125,9 @@ mod tests {
         let blocker = dir.path().join("blocker");
         fs::write(&blocker, b"file, not dir").expect("write");
         let w = FileWriter::new(&blocker);
-        let err = w.write("x/y.parquet", b"data").expect_err("parent is a file");
+        let err = w
+            .write("x/y.parquet", b"data")
+            .expect_err("parent is a file");
         assert!(err.is_retryable());
         assert!(err.to_string().contains("x/y.parquet"));
     }

@@ -235,7 +235,7 @@ pub fn count_with_duckdb(glob: &str) -> u64 {
     let out = Command::new(python())
         .args([
             "-c",
-            "import duckdb,sys; print(duckdb.sql(f\"select count(*) from read_parquet('{sys.argv[1]}', hive_partitioning=false)\").fetchone()[0])",
+            "import duckdb,sys; print(duckdb.sql(f\"select count(*) from read_parquet('{sys.argv[1]}', hive_partitioning=false)\").fetchall()[0][0])",
             glob,
         ])
         .output()
