@@ -31,6 +31,9 @@ pub const DEFAULT_RECOVERY_PATH: &str = "./recovery";
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Default gzip level when `WriterCompressionLevel` is not set.
 pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+/// Default `BufferFullWait` in milliseconds: how long a push into a full buffer waits for
+/// the flusher to make room before it reports backpressure (`FLB_RETRY`).
+pub const DEFAULT_BUFFER_FULL_WAIT_MS: u64 = 1000;
 /// Default `MaxBodyBytes` of the HTTP server (16 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -84,6 +87,8 @@ pub struct Config {
     pub buffer_type: BufferType,
     /// Memory bound of the memory buffer in bytes; pushes beyond it fail with a retryable error.
     pub buffer_max_bytes: usize,
+    /// Milliseconds a push into a full buffer may wait for room before failing (plugin).
+    pub buffer_full_wait_ms: u64,
     /// Verbose logging.
     pub debug: bool,
     /// Seconds after which a key's oldest record forces a flush (0 = only size triggers).
@@ -166,6 +171,7 @@ impl Default for Config {
             buffer_size: DEFAULT_BUFFER_SIZE,
             buffer_type: BufferType::Mem,
             buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
+            buffer_full_wait_ms: DEFAULT_BUFFER_FULL_WAIT_MS,
             debug: false,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             json_schema_path: String::new(),
@@ -243,6 +249,7 @@ pub const FLUENT_BIT_KEYS: &[&str] = &[
     "BufferSize",
     "BufferType",
     "BufferMaxBytes",
+    "BufferFullWait",
     "Debug",
     "FlushInterval",
     "JsonSchemaPath",
@@ -442,6 +449,7 @@ impl Config {
                     }
                 }
             }
+            "bufferfullwait" => self.buffer_full_wait_ms = as_u64(key, value, 0, 60_000)?,
             "debug" => self.debug = as_bool(key, value)?,
             "flushinterval" => self.flush_interval = as_u64(key, value, 0, 86_400)?,
             "jsonschemapath" => self.json_schema_path = as_string(value),
@@ -683,7 +691,7 @@ mod tests {
             let mut c = Config::default();
             let sample = match *key {
                 "BufferSize" | "FlushInterval" | "RecoveryAttempts" | "RedisDB"
-                | "RedisLockTTL" | "RedisTimeout" => "3",
+                | "RedisLockTTL" | "RedisTimeout" | "BufferFullWait" => "3",
                 "BufferMaxBytes" => "8M",
                 "WriterRowGroupSize" => "1048576",
                 "WriterCompressionLevel" => "3",

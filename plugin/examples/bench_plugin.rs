@@ -49,7 +49,9 @@ struct Props(Vec<(String, CString)>);
 
 extern "C" fn get_property(key: *const c_char, ins: *mut c_void) -> *const c_char {
     // SAFETY: a NUL-terminated key and the Props this program passed as o_ins.
-    let key = unsafe { std::ffi::CStr::from_ptr(key) }.to_string_lossy().to_ascii_lowercase();
+    let key = unsafe { std::ffi::CStr::from_ptr(key) }
+        .to_string_lossy()
+        .to_ascii_lowercase();
     let props = unsafe { &*(ins as *const Props) };
     props
         .0
@@ -106,7 +108,10 @@ fn status_kb(field: &str) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    assert!(args.len() >= 4, "usage: bench_plugin SO INPUT.jsonl OUT_DIR [CHUNK] [THREADS]");
+    assert!(
+        args.len() >= 4,
+        "usage: bench_plugin SO INPUT.jsonl OUT_DIR [CHUNK] [THREADS]"
+    );
     let chunk_records: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1000);
     let threads: usize = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(1);
 
@@ -140,7 +145,10 @@ fn main() {
     let d0 = proc_cpu_seconds();
     let mut decoded = 0usize;
     for c in &chunks {
-        decoded += data2parquet::fluent::decode_chunk(c, "bench.app").expect("decodes").records.len();
+        decoded += data2parquet::fluent::decode_chunk(c, "bench.app")
+            .expect("decodes")
+            .records
+            .len();
     }
     let decode_cpu = proc_cpu_seconds() - d0;
     assert_eq!(decoded as u64, records);
@@ -220,7 +228,12 @@ fn main() {
                     loop {
                         // SAFETY: the live context, a borrowed chunk and a NUL-terminated tag.
                         let rc = unsafe {
-                            flush(remote as *mut c_void, c.as_ptr().cast(), c.len(), tag.as_ptr().cast_mut())
+                            flush(
+                                remote as *mut c_void,
+                                c.as_ptr().cast(),
+                                c.len(),
+                                tag.as_ptr().cast_mut(),
+                            )
                         };
                         match rc {
                             1 => break,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use data2parquet::{Config, Receiver, fluent};
 
@@ -255,7 +256,10 @@ fn handle(data: &[u8], tag: &str, receiver: &Receiver, log: &Logger) -> c_int {
         .into_iter()
         .map(|r| receiver.dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw))
         .collect();
-    match receiver.push(decoded.records, dlq) {
+    // A full buffer first gets `BufferFullWait` to make room (the flusher runs meanwhile):
+    // Fluent Bit's own retry comes seconds later and, by default, only once.
+    let wait = Duration::from_millis(receiver.config().buffer_full_wait_ms);
+    match receiver.push_wait(decoded.records, dlq, wait) {
         Ok(_) => {
             log.debug(|| {
                 format!(
@@ -268,7 +272,8 @@ fn handle(data: &[u8], tag: &str, receiver: &Receiver, log: &Logger) -> c_int {
         }
         Err(e) if e.is_retryable() => {
             log.warn(&format!(
-                "cannot take {records} records (tag {tag}) now: {e}; returning FLB_RETRY so Fluent Bit keeps the chunk"
+                "cannot take {records} records (tag {tag}) within {}ms: {e}; returning FLB_RETRY so Fluent Bit keeps the chunk",
+                wait.as_millis()
             ));
             FLB_RETRY
         }

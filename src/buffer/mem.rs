@@ -240,8 +240,11 @@ mod tests {
         b.push(one("small", vec![rec("x")])).expect("fits");
         // Six records never fit a bound of four; they must not wait for a fully empty
         // buffer (flushing under pressure only brings it down to half).
-        b.push(one("big", vec![rec("x"); 6])).expect("taken at most half full");
-        let err = b.push(one("small", vec![rec("x")])).expect_err("now over the bound");
+        b.push(one("big", vec![rec("x"); 6]))
+            .expect("taken at most half full");
+        let err = b
+            .push(one("small", vec![rec("x")]))
+            .expect_err("now over the bound");
         assert!(err.is_retryable());
     }
 
