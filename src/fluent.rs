@@ -179,11 +179,11 @@ fn decode_event(
     let args = log.args.get_or_insert_with(StringMap::new);
     insert_unique(args, ARG_TAG, tag.to_string());
     insert_unique(args, ARG_TIME, fluent_time);
-    if let Some(ValueRef::Map(entries)) = &metadata {
-        if !entries.is_empty() {
-            let meta = to_loose(metadata.as_ref().expect("matched Some"));
-            insert_unique(args, ARG_METADATA, compact(&meta));
-        }
+    if let Some(ValueRef::Map(entries)) = &metadata
+        && !entries.is_empty()
+    {
+        let meta = to_loose(metadata.as_ref().expect("matched Some"));
+        insert_unique(args, ARG_METADATA, compact(&meta));
     }
     Ok(Some(log))
 }

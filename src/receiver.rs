@@ -424,10 +424,10 @@ impl Receiver {
             *stop = true;
             self.inner.wake.notify_all();
         }
-        if let Some(handle) = self.flusher.lock().take() {
-            if handle.join().is_err() {
-                log::error!("flusher thread panicked; flushing from close");
-            }
+        if let Some(handle) = self.flusher.lock().take()
+            && handle.join().is_err()
+        {
+            log::error!("flusher thread panicked; flushing from close");
         }
         let inner = &self.inner;
         let mut result = inner.flush_all(Mode::All);
@@ -437,12 +437,12 @@ impl Receiver {
         if let Err(e) = inner.resend_recovery(true) {
             log::error!("close: re-sending recovery data failed: {e}");
         }
-        if !inner.buffer.durable() {
-            if let Err(e) = inner.spill_leftovers() {
-                log::error!("close: keeping leftovers on local disk failed: {e}");
-                if result.is_ok() {
-                    result = Err(e);
-                }
+        if !inner.buffer.durable()
+            && let Err(e) = inner.spill_leftovers()
+        {
+            log::error!("close: keeping leftovers on local disk failed: {e}");
+            if result.is_ok() {
+                result = Err(e);
             }
         }
         if let Err(e) = inner.writer.close() {
@@ -467,10 +467,10 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        if !self.inner.closed.load(Ordering::Acquire) {
-            if let Err(e) = self.close() {
-                log::error!("receiver dropped without close; closing failed: {e}");
-            }
+        if !self.inner.closed.load(Ordering::Acquire)
+            && let Err(e) = self.close()
+        {
+            log::error!("receiver dropped without close; closing failed: {e}");
         }
     }
 }
@@ -513,10 +513,10 @@ impl Inner {
                     "background flush failed: {e}; the records stay buffered and will be retried"
                 );
             }
-            if self.pressure.swap(false, Ordering::AcqRel) {
-                if let Err(e) = self.relieve_pressure() {
-                    log::warn!("flush under memory pressure failed: {e}; will retry");
-                }
+            if self.pressure.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.relieve_pressure()
+            {
+                log::warn!("flush under memory pressure failed: {e}; will retry");
             }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
@@ -543,7 +543,7 @@ impl Inner {
         for key in self.buffer.keys()? {
             sizes.push((self.buffer.len(&key)?, key));
         }
-        sizes.sort_by(|a, b| b.0.cmp(&a.0));
+        sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
         for (_, key) in sizes {
             if self.buffer.bytes_used() <= limit {
                 break;

@@ -254,9 +254,9 @@ impl Host {
         def
     }
 
-    fn unregister(&self, mut def: Box<Def>) {
+    fn unregister(&self, def: &mut Def) {
         // SAFETY: the def this host registered.
-        unsafe { (self.unregister)(&mut *def) };
+        unsafe { (self.unregister)(def) };
     }
 
     /// Init with these properties; `Err(code)` when the plugin refuses.
@@ -687,23 +687,23 @@ fn full_buffer_returns_retry_then_the_retry_succeeds() {
 fn hot_reload_overlapping_instances() {
     let h = host();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let def1 = h.register();
+    let mut def1 = h.register();
     let old = h.init(&tmp.path().join("old"), &[]).expect("old init");
     let (c1, n1) = chunk("old", 40, 0);
     assert_eq!(h.flush(&old, &c1, "reload"), FLB_OK);
     // Reload: Register again while the old instance still runs, start the new one.
-    let def2 = h.register();
+    let mut def2 = h.register();
     let new = h.init(&tmp.path().join("new"), &[]).expect("new init");
     let (c2, n2) = chunk("old-late", 10, 0);
     assert_eq!(h.flush(&old, &c2, "reload"), FLB_OK);
     let (c3, n3) = chunk("new", 25, 0);
     assert_eq!(h.flush(&new, &c3, "reload"), FLB_OK);
     let old_dir = h.exit(old);
-    h.unregister(def1);
+    h.unregister(&mut def1);
     let (c4, n4) = chunk("new-after", 5, 0);
     assert_eq!(h.flush(&new, &c4, "reload"), FLB_OK);
     let new_dir = h.exit(new);
-    h.unregister(def2);
+    h.unregister(&mut def2);
     assert_eq!(
         messages_in(&old_dir),
         sorted(n1.into_iter().chain(n2).collect())

@@ -336,8 +336,8 @@ fn insert_unique(map: &mut StringMap, key: &str, value: String) {
     let mut n = 2;
     loop {
         let candidate = format!("{key}#{n}");
-        if !map.contains_key(&candidate) {
-            map.insert(candidate, value);
+        if let std::collections::btree_map::Entry::Vacant(e) = map.entry(candidate) {
+            e.insert(value);
             return;
         }
         n += 1;
