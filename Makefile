@@ -52,9 +52,21 @@ bench: test-deps
 	$(CARGO) build --release --workspace
 	$(PY) bench/run.py
 
-fluent-bit-demo: release
-	@command -v fluent-bit >/dev/null || { echo "fluent-bit is not on the PATH (see README: Fluent Bit plugin)"; exit 1; }
-	cd fluent-bit && fluent-bit -c fluent-bit.conf
+## make fluent-bit-demo: Fluent Bit tails a generated JSON log into Parquet (fluent-bit/*.conf)
+FLUENT_BIT ?= fluent-bit
+DEMO_LOG := data/fluent-bit-demo.jsonl
+DEMO_OUT := out/fluent-bit
+fluent-bit-demo:
+	@command -v $(FLUENT_BIT) >/dev/null || { echo "fluent-bit is not on the PATH (set FLUENT_BIT=/path/to/fluent-bit; see README: Fluent Bit plugin)"; exit 1; }
+	$(CARGO) build --release -p out_parquet
+	$(CARGO) build --release --bin data-generator
+	@mkdir -p data
+	@test -s $(DEMO_LOG) || ./target/release/data-generator 20000 --format jsonl --out $(DEMO_LOG)
+	rm -rf $(DEMO_OUT)
+	D2P_DEMO_LOG=$(abspath $(DEMO_LOG)) D2P_DEMO_OUT=$(abspath $(DEMO_OUT)) $(FLUENT_BIT) -c fluent-bit/fluent-bit.conf
+	@echo
+	@echo "Parquet files written by Fluent Bit: $$(find $(DEMO_OUT) -name '*.parquet' | wc -l) in $(DEMO_OUT)"
+	@test -x $(PY) && $(PY) -c "import sys, pyarrow.dataset as ds; print('rows read back with pyarrow:', ds.dataset(sys.argv[1], format='parquet').count_rows(), 'of', sum(1 for _ in open(sys.argv[2])), 'lines')" $(DEMO_OUT) $(DEMO_LOG) || true
 
 clean:
 	$(CARGO) clean

@@ -33,6 +33,9 @@ pub const DEFAULT_RECOVERY_PATH: &str = "./recovery";
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Default gzip level when `WriterCompressionLevel` is not set.
 pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+/// Default `BufferFullWait` in milliseconds: how long a push into a full buffer waits for
+/// the flusher to make room before it reports backpressure (`FLB_RETRY`).
+pub const DEFAULT_BUFFER_FULL_WAIT_MS: u64 = 1000;
 /// Default `MaxBodyBytes` of the HTTP server (16 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -86,6 +89,8 @@ pub struct Config {
     pub buffer_type: BufferType,
     /// Memory bound of the memory buffer in bytes; pushes beyond it fail with a retryable error.
     pub buffer_max_bytes: usize,
+    /// Milliseconds a push into a full buffer may wait for room before failing (plugin).
+    pub buffer_full_wait_ms: u64,
     /// Verbose logging.
     pub debug: bool,
     /// Seconds after which a key's oldest record forces a flush (0 = only size triggers).
@@ -170,6 +175,7 @@ impl Default for Config {
             buffer_size: DEFAULT_BUFFER_SIZE,
             buffer_type: BufferType::Mem,
             buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
+            buffer_full_wait_ms: DEFAULT_BUFFER_FULL_WAIT_MS,
             debug: false,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             flush_workers: DEFAULT_FLUSH_WORKERS,
@@ -248,6 +254,7 @@ pub const FLUENT_BIT_KEYS: &[&str] = &[
     "BufferSize",
     "BufferType",
     "BufferMaxBytes",
+    "BufferFullWait",
     "Debug",
     "FlushInterval",
     "FlushWorkers",
@@ -448,6 +455,7 @@ impl Config {
                     }
                 }
             }
+            "bufferfullwait" => self.buffer_full_wait_ms = as_u64(key, value, 0, 60_000)?,
             "debug" => self.debug = as_bool(key, value)?,
             "flushinterval" => self.flush_interval = as_u64(key, value, 0, 86_400)?,
             "flushworkers" => self.flush_workers = as_u64(key, value, 1, 64)? as usize,
@@ -690,7 +698,7 @@ mod tests {
             let mut c = Config::default();
             let sample = match *key {
                 "BufferSize" | "FlushInterval" | "FlushWorkers" | "RecoveryAttempts"
-                | "RedisDB" | "RedisLockTTL" | "RedisTimeout" => "3",
+                | "RedisDB" | "RedisLockTTL" | "RedisTimeout" | "BufferFullWait" => "3",
                 "BufferMaxBytes" => "8M",
                 "WriterRowGroupSize" => "1048576",
                 "WriterCompressionLevel" => "3",

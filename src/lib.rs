@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod fluent;
 pub mod input;
 pub mod naming;
 pub mod receiver;

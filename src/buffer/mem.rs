@@ -58,8 +58,12 @@ impl Buffer for MemBuffer {
                 .map(DlqEntry::estimated_size)
                 .sum::<usize>();
         let mut st = self.state.lock();
-        // An empty buffer always takes one push, so a single huge batch cannot wedge it.
-        if st.bytes > 0 && st.bytes + added > self.max_bytes {
+        // A batch larger than half the bound is taken once the buffer is at most half full
+        // (where flushing under pressure brings it), and an empty buffer takes any batch:
+        // otherwise a large chunk would be refused forever while small keys stay buffered.
+        let fits = st.bytes + added <= self.max_bytes;
+        let large_and_room = added > self.max_bytes / 2 && st.bytes <= self.max_bytes / 2;
+        if st.bytes > 0 && !fits && !large_and_room {
             return Err(Error::BufferFull {
                 used: st.bytes,
                 limit: self.max_bytes,
@@ -241,6 +245,21 @@ mod tests {
         b.clear("k", 2).expect("clear");
         b.push(one("k", vec![rec("x"), rec("x")]))
             .expect("fits again after a flush");
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_bound_is_taken_once_half_is_free() {
+        let size = rec("x").estimated_size();
+        let b = MemBuffer::new(size * 4);
+        b.push(one("small", vec![rec("x")])).expect("fits");
+        // Six records never fit a bound of four; they must not wait for a fully empty
+        // buffer (flushing under pressure only brings it down to half).
+        b.push(one("big", vec![rec("x"); 6]))
+            .expect("taken at most half full");
+        let err = b
+            .push(one("small", vec![rec("x")]))
+            .expect_err("now over the bound");
+        assert!(err.is_retryable());
     }
 
     #[test]

@@ -1,0 +1,169 @@
+"""Benchmark of the Fluent Bit plugin (`make bench` runs it; `.venv/bin/python bench/bench_plugin.py`).
+
+1. Through the plugin entry point: `plugin/examples/bench_plugin.rs` loads the release
+   `libout_parquet.so` the way Fluent Bit does and sends the generator's records as v2
+   msgpack chunks of 1000 records to FLBPluginFlushCtx, then FLBPluginExitCtx. CPU is
+   user + system of the whole process (the plugin's own threads included), from the
+   first flush to the end of ExitCtx (the last Parquet file written).
+2. Inside Fluent Bit, when a `fluent-bit` binary is found (env FLUENT_BIT or PATH): the
+   same records in a JSON Lines file are tailed (parser json) to `null`, to `file`
+   (`Format plain`: JSON lines, Fluent Bit's own out_file) and to `out_parquet`. The
+   output's cost per record is the run's CPU minus the `null` run's CPU, divided by the
+   records; the ratio out_parquet / out_file is the figure of merit.
+
+Prints a summary and ends with one line `RESULT {json}`.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench-out" / "plugin"
+RECORDS = int(os.environ.get("BENCH_PLUGIN_RECORDS", "100000"))
+CARGO = os.environ.get("CARGO", "cargo")
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def build():
+    run([CARGO, "build", "--release", "-p", "out_parquet", "--lib", "--example", "bench_plugin"], cwd=ROOT)
+    run([CARGO, "build", "--release", "--bin", "data-generator"], cwd=ROOT)
+
+
+def host_run(data, chunk, threads):
+    out = OUT / f"host-{threads}"
+    shutil.rmtree(out, ignore_errors=True)
+    p = run(
+        [str(ROOT / "target/release/examples/bench_plugin"), str(ROOT / "target/release/libout_parquet.so"),
+         str(data), str(out), str(chunk), str(threads)],
+        capture_output=True, text=True)
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["us_per_record"] = r["cpu_s"] / r["records"] * 1e6
+    r["decode_us_per_record"] = r["decode_only_cpu_s"] / r["records"] * 1e6
+    r["records_per_s"] = r["records"] / r["wall_s"]
+    r["plugin_rss_mb"] = (r["peak_rss_kb"] - r["rss_before_kb"]) / 1024
+    return r
+
+
+def find_fluent_bit():
+    env = os.environ.get("FLUENT_BIT")
+    if env and Path(env).is_file():
+        return env
+    return shutil.which("fluent-bit")
+
+
+def fb_run(fb, data, output_lines, name):
+    work = OUT / f"fb-{name}"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "out").mkdir(parents=True)
+    (work / "parsers.conf").write_text("[PARSER]\n    Name json\n    Format json\n")
+    (work / "plugins.conf").write_text(f"[PLUGINS]\n    Path {ROOT / 'target/release/libout_parquet.so'}\n")
+    conf = f"""[SERVICE]
+    Flush        1
+    Grace        30
+    Log_Level    warn
+    Parsers_File {work / 'parsers.conf'}
+    Plugins_File {work / 'plugins.conf'}
+
+[INPUT]
+    Name            tail
+    Tag             bench
+    Path            {data}
+    Parser          json
+    Read_From_Head  On
+    Exit_On_Eof     On
+    Buffer_Max_Size 4M
+
+[OUTPUT]
+    Match bench
+{output_lines.format(work=work)}
+"""
+    (work / "fb.conf").write_text(conf)
+    start = time.monotonic()
+    proc = subprocess.Popen([fb, "-c", str(work / "fb.conf")], stdout=subprocess.DEVNULL,
+                            stderr=open(work / "fb.log", "w"))
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    if status != 0:
+        raise SystemExit(f"fluent-bit ({name}) failed: {(work / 'fb.log').read_text()[-2000:]}")
+    return {"cpu_s": ru.ru_utime + ru.ru_stime, "wall_s": wall, "peak_rss_mb": ru.ru_maxrss / 1024,
+            "dir": str(work)}
+
+
+def count_parquet_rows(path):
+    import pyarrow.dataset as ds
+    return ds.dataset(path, format="parquet").count_rows()
+
+
+def main():
+    build()
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = OUT / "records.jsonl"
+    if not data.exists() or sum(1 for _ in open(data)) != RECORDS:
+        run([str(ROOT / "target/release/data-generator"), str(RECORDS), "--format", "jsonl", "--out", str(data)],
+            capture_output=True)
+    size_mb = data.stat().st_size / 1e6
+    print(f"records: {RECORDS} from data-generator ({size_mb:.1f} MB of JSON, {size_mb * 1e6 / RECORDS:.0f} B/record)")
+
+    host1 = host_run(data, 1000, 1)
+    host2 = host_run(data, 1000, 2)
+    for h in (host1, host2):
+        assert count_parquet_rows(OUT / f"host-{h['flush_threads']}") == RECORDS, "rows lost"
+    print("through FLBPluginFlushCtx (chunks of 1000 v2 records, snappy, BufferSize 10000):")
+    for h in (host1, host2):
+        print(f"  {h['flush_threads']} flush thread(s): {h['records_per_s']:,.0f} records/s, "
+              f"{h['us_per_record']:.1f} us CPU/record (decoder alone {h['decode_us_per_record']:.1f} us), "
+              f"plugin peak RSS +{h['plugin_rss_mb']:.0f} MB, FLB_RETRY {h['retries']}")
+
+    result = {
+        "records": RECORDS,
+        "host_records_per_s": round(host1["records_per_s"]),
+        "host_us_cpu_per_record": round(host1["us_per_record"], 2),
+        "host_decode_us_per_record": round(host1["decode_us_per_record"], 2),
+        "host_2threads_records_per_s": round(host2["records_per_s"]),
+        "host_plugin_peak_rss_mb": round(host1["plugin_rss_mb"], 1),
+    }
+
+    fb = find_fluent_bit()
+    if fb is None:
+        print("fluent-bit not found (set FLUENT_BIT=/path/to/fluent-bit): no comparison with out_file")
+    else:
+        version = subprocess.run([fb, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        print(f"inside {version}: tail (parser json) -> output, CPU of the whole Fluent Bit process:")
+        null = fb_run(fb, data, "    Name null", "null")
+        file_ = fb_run(fb, data, "    Name   file\n    Path   {work}/out\n    File   out.jsonl\n    Format plain",
+                       "file")
+        parquet = fb_run(fb, data, "    Name           out_parquet\n    WriterFilePath {work}/out\n"
+                         "    RecoveryPath   {work}/recovery\n    BufferSize     10000", "parquet")
+        lines = sum(1 for _ in open(Path(file_["dir"]) / "out" / "out.jsonl"))
+        rows = count_parquet_rows(Path(parquet["dir"]) / "out")
+        assert lines == RECORDS, f"out_file wrote {lines} lines"
+        assert rows == RECORDS, f"out_parquet wrote {rows} rows"
+        for name, r in (("null", null), ("file", file_), ("out_parquet", parquet)):
+            print(f"  {name:12s} {r['cpu_s']:.2f} s CPU ({r['cpu_s'] / RECORDS * 1e6:.1f} us/record), "
+                  f"{r['wall_s']:.1f} s wall, peak RSS {r['peak_rss_mb']:.0f} MB")
+        file_cost = (file_["cpu_s"] - null["cpu_s"]) / RECORDS * 1e6
+        parquet_cost = (parquet["cpu_s"] - null["cpu_s"]) / RECORDS * 1e6
+        ratio = parquet_cost / file_cost if file_cost > 0 else float("inf")
+        print(f"  output cost above null: out_file {file_cost:.1f} us/record, "
+              f"out_parquet {parquet_cost:.1f} us/record (ratio {ratio:.2f})")
+        result.update({
+            "fluent_bit": version,
+            "fb_null_us_per_record": round(null["cpu_s"] / RECORDS * 1e6, 2),
+            "fb_out_file_us_per_record": round(file_cost, 2),
+            "fb_out_parquet_us_per_record": round(parquet_cost, 2),
+            "parquet_vs_out_file_cpu_ratio": round(ratio, 2),
+            "fb_out_file_peak_rss_mb": round(file_["peak_rss_mb"]),
+            "fb_out_parquet_peak_rss_mb": round(parquet["peak_rss_mb"]),
+        })
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
