@@ -23,6 +23,7 @@ pub mod input;
 pub mod naming;
 pub mod receiver;
 pub mod record;
+pub mod server;
 pub mod writer;
 
 use std::sync::Arc;

@@ -1,0 +1,298 @@
+//! The HTTP API (`http-server`): REST ingestion on the shared engine.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | `POST` | `/record/` | one JSON record; `201` |
+//! | `POST` | `/records/` | JSON Lines, a JSON array or `{"logs": [...]}`; `200` with counts and rejects |
+//! | `POST` | `/flush/` | flush every key; `200` with what was written |
+//! | `GET` | `/healthcheck/` | `200` when buffer and writer are ready, else `503` |
+//! | `GET` | `/metrics` | Prometheus text format |
+//!
+//! Errors are JSON `{"error": "..."}`: `400` for input that cannot be a record, `413` for a
+//! body over `MaxBodyBytes`, `503` with `Retry-After` when the buffer is full or unavailable
+//! (nothing of that request was accepted), `500` otherwise.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::error::Error;
+use crate::input::{Rejected, read_input};
+use crate::receiver::Receiver;
+use crate::record::decode_json_bytes;
+
+/// Seconds a client is asked to wait after a `503`.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine.
+    pub receiver: Arc<Receiver>,
+}
+
+/// The router with every endpoint, limited to `max_body` bytes per request body.
+pub fn router(receiver: Arc<Receiver>, max_body: usize) -> Router {
+    let state = AppState { receiver };
+    Router::new()
+        .route("/record/", post(record))
+        .route("/record", post(record))
+        .route("/records/", post(records))
+        .route("/records", post(records))
+        .route("/flush/", post(flush))
+        .route("/flush", post(flush))
+        .route("/healthcheck/", get(healthcheck))
+        .route("/healthcheck", get(healthcheck))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// Maps an engine error to its HTTP answer.
+fn error_response(e: &Error) -> Response {
+    let status = match e {
+        Error::Decode { .. } | Error::Config { .. } => StatusCode::BAD_REQUEST,
+        Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let mut resp = json_response(status, json!({ "error": e.to_string() }));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    }
+    resp
+}
+
+async fn record(State(st): State<AppState>, body: Bytes) -> Response {
+    let log = match decode_json_bytes(&body, || "the request body".to_string()) {
+        Ok(log) => log,
+        Err(e) => return error_response(&e),
+    };
+    match st.receiver.push(vec![log], Vec::new()) {
+        Ok(n) => json_response(StatusCode::CREATED, json!({ "accepted": n })),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn records(State(st): State<AppState>, body: Bytes) -> Response {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return error_response(&Error::Decode {
+            what: "the request body".into(),
+            reason: "it is empty; send JSON Lines, a JSON array or {\"logs\": [...]}".into(),
+        });
+    }
+    let mut logs = Vec::new();
+    let mut rejected: Vec<Rejected> = Vec::new();
+    let read = read_input(&body[..], "request", 4096, &mut |l, r| {
+        logs.extend(l);
+        rejected.extend(r);
+        Ok(())
+    });
+    if let Err(e) = read {
+        return error_response(&e);
+    }
+    let report: Vec<serde_json::Value> = rejected
+        .iter()
+        .map(|r| json!({ "what": r.what, "reason": r.reason }))
+        .collect();
+    let dlq = rejected
+        .into_iter()
+        .map(|r| {
+            st.receiver
+                .dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw)
+        })
+        .collect();
+    match st.receiver.push(logs, dlq) {
+        Ok(n) => json_response(
+            StatusCode::OK,
+            json!({ "accepted": n, "rejected": report.len(), "rejects": report }),
+        ),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn flush(State(st): State<AppState>) -> Response {
+    let receiver = st.receiver.clone();
+    match tokio::task::spawn_blocking(move || receiver.flush()).await {
+        Ok(Ok(report)) => json_response(StatusCode::OK, json!(report)),
+        Ok(Err(e)) => error_response(&e),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": format!("flush task failed: {e}") }),
+        ),
+    }
+}
+
+async fn healthcheck(State(st): State<AppState>) -> Response {
+    let receiver = st.receiver.clone();
+    let (buffer, writer, stats) = match tokio::task::spawn_blocking(move || {
+        (
+            receiver.buffer_ready(),
+            receiver.writer_ready(),
+            receiver.stats(),
+        )
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            return json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "error": format!("health task failed: {e}") }),
+            );
+        }
+    };
+    let ok = buffer && writer;
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(
+        status,
+        json!({
+            "status": if ok { "ok" } else { "unavailable" },
+            "buffer": { "ready": buffer },
+            "writer": { "ready": writer, "target": st.receiver.target() },
+            "stats": stats,
+        }),
+    )
+}
+
+/// Renders the engine's counters in the Prometheus text exposition format.
+pub fn render_metrics(stats: &crate::receiver::Stats) -> String {
+    let mut out = String::with_capacity(2048);
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP data2parquet_{name} {help}");
+        let _ = writeln!(out, "# TYPE data2parquet_{name} {kind}");
+        let _ = writeln!(out, "data2parquet_{name} {value}");
+    };
+    metric(
+        "records_received_total",
+        "counter",
+        "Records accepted into the buffer.",
+        stats.records_in,
+    );
+    metric(
+        "records_written_total",
+        "counter",
+        "Records written to Parquet files.",
+        stats.records_written,
+    );
+    metric(
+        "records_dead_lettered_total",
+        "counter",
+        "Inputs and records sent to the dead-letter queue.",
+        stats.records_dlq,
+    );
+    metric(
+        "files_written_total",
+        "counter",
+        "Parquet files written.",
+        stats.files_written,
+    );
+    metric(
+        "dlq_files_written_total",
+        "counter",
+        "Dead-letter NDJSON files written.",
+        stats.dlq_files_written,
+    );
+    metric(
+        "bytes_written_total",
+        "counter",
+        "Bytes of Parquet and DLQ files written.",
+        stats.bytes_written,
+    );
+    metric(
+        "write_failures_total",
+        "counter",
+        "Writes that failed (their data went to the recovery bucket).",
+        stats.write_failures,
+    );
+    metric(
+        "recovered_total",
+        "counter",
+        "Recovery items written on a later attempt.",
+        stats.recovered,
+    );
+    metric(
+        "recovery_spilled_total",
+        "counter",
+        "Recovery items kept on local disk.",
+        stats.recovery_spilled,
+    );
+    metric(
+        "push_refused_total",
+        "counter",
+        "Pushes refused because the buffer was full or unavailable.",
+        stats.push_refused,
+    );
+    metric(
+        "lock_contention_total",
+        "counter",
+        "Flushes skipped because another instance held the key's lock.",
+        stats.lock_contention,
+    );
+    metric(
+        "buffered_records",
+        "gauge",
+        "Records waiting in the buffer.",
+        stats.buffered_records,
+    );
+    metric(
+        "buffer_bytes",
+        "gauge",
+        "Bytes held by the buffer.",
+        stats.buffer_bytes,
+    );
+    metric(
+        "recovery_backlog",
+        "gauge",
+        "Recovery items waiting to be re-sent.",
+        stats.recovery_backlog,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP data2parquet_flush_duration_seconds Time spent converting and writing batches."
+    );
+    let _ = writeln!(out, "# TYPE data2parquet_flush_duration_seconds summary");
+    let _ = writeln!(
+        out,
+        "data2parquet_flush_duration_seconds_sum {}",
+        stats.flush_micros as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "data2parquet_flush_duration_seconds_count {}",
+        stats.flushes
+    );
+    out
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let receiver = st.receiver.clone();
+    match tokio::task::spawn_blocking(move || receiver.stats()).await {
+        Ok(stats) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            render_metrics(&stats),
+        )
+            .into_response(),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": format!("metrics task failed: {e}") }),
+        ),
+    }
+}
