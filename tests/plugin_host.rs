@@ -646,11 +646,12 @@ fn full_buffer_returns_retry_then_the_retry_succeeds() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let inst = h
         .init(
-            tmp.path(),
+            &tmp.path().join("impatient"),
             &[
                 ("BufferMaxBytes", "1M"),
                 ("BufferSize", "1000000"),
                 ("FlushInterval", "0"),
+                ("BufferFullWait", "0"),
             ],
         )
         .expect("init");
@@ -681,6 +682,26 @@ fn full_buffer_returns_retry_then_the_retry_succeeds() {
     want.extend(names2);
     let dir = h.exit(inst);
     assert_eq!(messages_in(&dir), sorted(want), "every record exactly once");
+
+    // With the default BufferFullWait the flush waits for the flusher to make room instead.
+    let patient = h
+        .init(
+            &tmp.path().join("patient"),
+            &[
+                ("BufferMaxBytes", "1M"),
+                ("BufferSize", "1000000"),
+                ("FlushInterval", "0"),
+            ],
+        )
+        .expect("init");
+    assert_eq!(h.flush(&patient, &first, "wait"), FLB_OK);
+    assert_eq!(
+        h.flush(&patient, &second, "wait"),
+        FLB_OK,
+        "waited for room"
+    );
+    let dir = h.exit(patient);
+    assert_eq!(messages_in(&dir).len(), 600);
 }
 
 #[test]
