@@ -125,6 +125,16 @@ fn plugin_path() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            // D2P_PLUGIN_SO: test an already built library (for example a release build).
+            if let Some(so) = std::env::var_os("D2P_PLUGIN_SO") {
+                let so = PathBuf::from(so);
+                assert!(
+                    so.is_file(),
+                    "D2P_PLUGIN_SO={} does not exist",
+                    so.display()
+                );
+                return so;
+            }
             let root = common::root();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)

@@ -277,9 +277,3 @@ pub extern "C" fn FLBPluginExit() -> c_int {
 /// own ExitCtx (with hot reload, newer instances may exist), so nothing is freed here.
 #[unsafe(no_mangle)]
 pub extern "C" fn FLBPluginUnregister(_def: *mut c_void) {}
-
-/// The plugin's Rust allocations use mimalloc: the decode and Parquet paths allocate and free
-/// many small and large blocks from several threads, where glibc's allocator spends a large
-/// share of the CPU (Fluent Bit's own allocations are not affected).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
