@@ -21,8 +21,11 @@
 
 use std::borrow::Cow;
 
+mod msgpack;
+
 use chrono::{TimeZone, Utc};
 use rmpv::ValueRef;
+use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::record::decode::{Loose, from_loose, truncate};
@@ -75,9 +78,12 @@ pub fn decode_chunk(data: &[u8], tag: &str) -> Result<Decoded> {
     let mut index = 0usize;
     while !rd.is_empty() {
         let offset = data.len() - rd.len();
-        let broken = match rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH) {
-            Ok(value @ ValueRef::Array(_)) => {
-                match decode_event(value, tag) {
+        let mut rest = rd;
+        let broken = match msgpack::skip(&mut rest, MAX_DEPTH) {
+            Ok(()) if msgpack::is_array(rd) => {
+                let event = &rd[..rd.len() - rest.len()];
+                rd = rest;
+                match fast_event(event, tag).unwrap_or_else(|| slow_event(event, tag)) {
                     Ok(Some(log)) => out.records.push(log),
                     Ok(None) => out.group_markers += 1,
                     Err((reason, raw)) => out.rejected.push(Rejected {
@@ -91,10 +97,13 @@ pub fn decode_chunk(data: &[u8], tag: &str) -> Result<Decoded> {
             }
             // Every event is an array: anything else means the bytes are not (or no
             // longer) a sequence of events, and nothing after them can be trusted.
-            Ok(other) => format!(
-                "an event must be an array, found {}",
-                truncate(&compact(&to_loose(&other)), 80)
-            ),
+            Ok(()) => {
+                let mut one = rd;
+                let shown = rmpv::decode::read_value_ref_with_max_depth(&mut one, MAX_DEPTH)
+                    .map(|v| truncate(&compact(&to_loose(&v)), 80))
+                    .unwrap_or_default();
+                format!("an event must be an array, found {shown}")
+            }
             Err(e) => e.to_string(),
         };
         if offset == 0 {
@@ -117,11 +126,54 @@ pub fn decode_chunk(data: &[u8], tag: &str) -> Result<Decoded> {
     Ok(out)
 }
 
+/// The common case without intermediate values: `[[ts, meta], map]` or `[ts, map]` with a
+/// valid timestamp, the body deserialized straight into a [`Log`]. `None` sends the event
+/// to [`slow_event`], which handles (and explains) everything else.
+fn fast_event(event: &[u8], tag: &str) -> Option<EventOutcome> {
+    let mut rd = event;
+    if msgpack::array_len(&mut rd)? != 2 {
+        return None;
+    }
+    let (ts, metadata) = if msgpack::is_array(rd) {
+        if msgpack::array_len(&mut rd)? != 2 {
+            return None;
+        }
+        let ts = rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH).ok()?;
+        if !msgpack::is_map(rd) {
+            return None;
+        }
+        let meta = rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH).ok()?;
+        (ts, Some(meta))
+    } else {
+        (
+            rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH).ok()?,
+            None,
+        )
+    };
+    let (sec, nsec) = match event_time(&ts)? {
+        EventTime::GroupMarker => return Some(Ok(None)),
+        EventTime::At { sec, nsec } => (sec, nsec),
+    };
+    if !msgpack::is_map(rd) {
+        return None;
+    }
+    let log = Log::deserialize(&mut msgpack::Deser::new(rd, MAX_DEPTH)).ok()?;
+    Some(Ok(Some(finish(log, sec, nsec, metadata.as_ref(), tag))))
+}
+
+/// One event's outcome: a record, `None` for a group marker, or `(reason, raw json)`.
+type EventOutcome = std::result::Result<Option<Log>, (String, String)>;
+
+fn slow_event(event: &[u8], tag: &str) -> EventOutcome {
+    let mut rd = event;
+    match rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH) {
+        Ok(value) => decode_event(value, tag),
+        Err(e) => Err((format!("undecodable event: {e}"), hex(event))),
+    }
+}
+
 /// One event: `Ok(None)` for a group marker, `Err((reason, raw json))` for a bad shape.
-fn decode_event(
-    value: ValueRef<'_>,
-    tag: &str,
-) -> std::result::Result<Option<Log>, (String, String)> {
+fn decode_event(value: ValueRef<'_>, tag: &str) -> EventOutcome {
     let raw = |v: &ValueRef<'_>| compact(&to_loose(v));
     let ValueRef::Array(mut root) = value else {
         return Err(("the event is not a 2-element array".into(), raw(&value)));
@@ -166,8 +218,13 @@ fn decode_event(
         let reason = "the record body is not a map".to_string();
         return Err((reason, raw(&ValueRef::Array(vec![ts, body]))));
     }
-    let mut log =
+    let log =
         from_loose(to_loose(&body), || "event".into()).map_err(|e| (e.to_string(), raw(&body)))?;
+    Ok(Some(finish(log, sec, nsec, metadata.as_ref(), tag)))
+}
+
+/// Fills `time` when the record has none and adds the Fluent Bit arguments.
+fn finish(mut log: Log, sec: i64, nsec: u32, metadata: Option<&ValueRef<'_>>, tag: &str) -> Log {
     let fluent_time = Utc
         .timestamp_opt(sec, nsec)
         .single()
@@ -179,13 +236,12 @@ fn decode_event(
     let args = log.args.get_or_insert_with(StringMap::new);
     insert_unique(args, ARG_TAG, tag.to_string());
     insert_unique(args, ARG_TIME, fluent_time);
-    if let Some(ValueRef::Map(entries)) = &metadata
+    if let Some(meta @ ValueRef::Map(entries)) = metadata
         && !entries.is_empty()
     {
-        let meta = to_loose(metadata.as_ref().expect("matched Some"));
-        insert_unique(args, ARG_METADATA, compact(&meta));
+        insert_unique(args, ARG_METADATA, compact(&to_loose(meta)));
     }
-    Ok(Some(log))
+    log
 }
 
 /// Keeps a value already present under `key` (nothing is lost): ours goes to `key#2`, ...
@@ -576,6 +632,64 @@ mod tests {
                 .collect();
             let _ = decode_chunk(&bytes, "fuzz");
         }
+    }
+
+    fn write_json(out: &mut Vec<u8>, v: &serde_json::Value) {
+        use serde_json::Value;
+        match v {
+            Value::Null => encode::write_nil(out).expect("vec write"),
+            Value::Bool(b) => encode::write_bool(out, *b).expect("vec write"),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => encode::write_uint(out, u).map(|_| ()).expect("vec write"),
+                (None, Some(i)) => encode::write_sint(out, i).map(|_| ()).expect("vec write"),
+                _ => encode::write_f64(out, n.as_f64().expect("float")).expect("vec write"),
+            },
+            Value::String(s) => encode::write_str(out, s).expect("vec write"),
+            Value::Array(a) => {
+                encode::write_array_len(out, a.len() as u32).expect("vec write");
+                a.iter().for_each(|x| write_json(out, x));
+            }
+            Value::Object(m) => {
+                encode::write_map_len(out, m.len() as u32).expect("vec write");
+                for (k, x) in m {
+                    encode::write_str(out, k).expect("vec write");
+                    write_json(out, x);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_path_equals_the_general_path() {
+        let mut g = crate::record::generator::Generator::new(7);
+        let mut events = Vec::new();
+        for i in 0..2000u32 {
+            let mut e = Vec::new();
+            v2(&mut e, 1_700_000_000 + i, i, &[]);
+            e.pop(); // the empty body map written by v2()
+            let mut body = g.next_value();
+            if i % 3 == 0 {
+                body["nested"] = serde_json::json!({"a": [1, {"b": null}], "bin": "x"});
+            }
+            write_json(&mut e, &body);
+            events.push(e);
+        }
+        // A body with non-UTF-8 bytes in a str, a bin value and an ext value.
+        let mut odd = vec![
+            0x92, 0x01, 0x83, 0xa1, b'a', 0xa2, 0xff, 0xfe, 0xa1, b'b', 0xc4, 2, 1, 2,
+        ];
+        odd.extend_from_slice(&[0xa1, b'c', 0xd6, 5, 1, 2, 3, 4]);
+        events.push(odd);
+        for e in &events {
+            let fast = fast_event(e, "t")
+                .unwrap_or_else(|| panic!("fast path not taken: {:02x?}", &e[..e.len().min(40)]));
+            assert_eq!(fast, slow_event(e, "t"));
+        }
+        let chunk: Vec<u8> = events.concat();
+        assert_eq!(
+            decode_chunk(&chunk, "t").expect("decodes").records.len(),
+            events.len()
+        );
     }
 
     #[test]

@@ -125,6 +125,16 @@ fn plugin_path() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            // D2P_PLUGIN_SO: test an already built library (for example a release build).
+            if let Some(so) = std::env::var_os("D2P_PLUGIN_SO") {
+                let so = PathBuf::from(so);
+                assert!(
+                    so.is_file(),
+                    "D2P_PLUGIN_SO={} does not exist",
+                    so.display()
+                );
+                return so;
+            }
             let root = common::root();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
@@ -660,11 +670,13 @@ fn full_buffer_returns_retry_then_the_retry_succeeds() {
     // The target is broken at first (a file where the capability directory must go), so
     // what the flusher takes out of the buffer stays in memory as recovery data: the bound
     // is reached deterministically, whatever the timing of the background flush.
-    let blocker = tmp.path().join("capability=cap");
+    let impatient_dir = tmp.path().join("impatient");
+    std::fs::create_dir_all(&impatient_dir).expect("dir");
+    let blocker = impatient_dir.join("capability=cap");
     std::fs::write(&blocker, b"not a directory").expect("blocker");
     let inst = h
         .init(
-            tmp.path(),
+            &impatient_dir,
             &[
                 ("BufferMaxBytes", "1M"),
                 ("BufferSize", "1000000"),
@@ -703,6 +715,26 @@ fn full_buffer_returns_retry_then_the_retry_succeeds() {
     want.extend(names2);
     let dir = h.exit(inst);
     assert_eq!(messages_in(&dir), sorted(want), "every record exactly once");
+
+    // With the default BufferFullWait the flush waits for the flusher to make room instead.
+    let patient = h
+        .init(
+            &tmp.path().join("patient"),
+            &[
+                ("BufferMaxBytes", "1M"),
+                ("BufferSize", "1000000"),
+                ("FlushInterval", "0"),
+            ],
+        )
+        .expect("init");
+    assert_eq!(h.flush(&patient, &first, "wait"), FLB_OK);
+    assert_eq!(
+        h.flush(&patient, &second, "wait"),
+        FLB_OK,
+        "waited for room"
+    );
+    let dir = h.exit(patient);
+    assert_eq!(messages_in(&dir).len(), 600);
 }
 
 #[test]
