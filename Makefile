@@ -46,7 +46,7 @@ plugin:
 
 ## make test: install what the tests need, then fmt, clippy and every test
 test: test-deps lint plugin
-	$(CARGO) test --workspace --no-fail-fast
+	D2P_PLUGIN_SO=$(abspath target/debug/libout_parquet.so) $(CARGO) test --workspace --no-fail-fast
 
 bench: test-deps
 	$(CARGO) build --release --workspace
