@@ -43,11 +43,7 @@ pub fn build_buffer(config: &Config) -> Result<Arc<dyn Buffer>> {
         BufferType::Mem => Ok(Arc::new(buffer::mem::MemBuffer::new(
             config.buffer_max_bytes,
         ))),
-        BufferType::Redis => Err(Error::config(
-            "BufferType",
-            "redis",
-            "`mem` (the Redis buffer is not built yet)",
-        )),
+        BufferType::Redis => Ok(Arc::new(buffer::redis::RedisBuffer::connect(config)?)),
     }
 }
 

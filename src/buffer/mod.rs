@@ -3,6 +3,7 @@
 //! implement it, and the receiver works with either.
 
 pub mod mem;
+pub mod redis;
 
 use std::sync::Arc;
 

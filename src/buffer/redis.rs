@@ -1,0 +1,555 @@
+//! The Redis buffer (`BufferType = redis`): durable buffering shared by many instances.
+//!
+//! Layout (all names configurable, defaults shown):
+//!
+//! | Redis key | type | holds |
+//! |---|---|---|
+//! | `data:<partition key>` | list | records of a key, oldest first, compact JSON of the Log |
+//! | `keys` | set | partition keys that hold records |
+//! | `data:offset:<partition key>` | string | records of the key written so far (names files) |
+//! | `data:epoch:<partition key>` | string | id of this list's lifetime (names files) |
+//! | `lock:<partition key>` | string | flush lock: the owner's instance name, with a TTL |
+//! | `dlq` | list | dead-letter entries, JSON `{key, reason, raw, time}` |
+//! | `recovery` | hash | id -> JSON of a file whose write failed (payload hex) |
+//!
+//! A push is one `MULTI/EXEC` round trip; a flush reads the oldest `BufferSize` records,
+//! and only after they are written removes exactly those (`LTRIM`) and advances the key's
+//! offset in the same script, so a crash at any point loses nothing and a re-flush after a
+//! crash writes the same file name (it replaces instead of duplicating).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+use redis::{Client, Connection, RedisError, Script};
+
+use super::{Buffer, DlqEntry, PushBatch, Record, RecoveryItem};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::record::Log;
+
+const CLEAR_SCRIPT: &str = r"
+redis.call('LTRIM', KEYS[1], ARGV[1], -1)
+redis.call('INCRBY', KEYS[3], ARGV[1])
+if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+return 1";
+
+const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+const RENEW_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0";
+
+struct Shared {
+    client: Client,
+    conn: Mutex<Option<Connection>>,
+    timeout: Duration,
+    describe: String,
+}
+
+impl Shared {
+    /// Runs `f` on the connection, connecting first when needed; an I/O failure drops the
+    /// connection so the next call reconnects.
+    fn with_conn<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Result<T> {
+        let mut guard = self.conn.lock();
+        if guard.is_none() {
+            let conn = self
+                .client
+                .get_connection_with_timeout(self.timeout)
+                .map_err(|e| classify(&self.describe, "connecting", &e))?;
+            *guard = Some(conn);
+        }
+        let conn = guard
+            .as_mut()
+            .ok_or_else(|| Error::BufferUnavailable("no connection".into()))?;
+        match f(conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                {
+                    *guard = None;
+                }
+                Err(classify(&self.describe, what, &e))
+            }
+        }
+    }
+}
+
+fn classify(target: &str, what: &str, e: &RedisError) -> Error {
+    let text = e.to_string();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+        || text.contains("invalid password")
+    {
+        return Error::config(
+            "RedisPassword",
+            "<redacted>",
+            format!("the password of {target} (Redis said: {})", e.category()),
+        );
+    }
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
+        return Error::BufferUnavailable(format!("{what} {target}: {e}"));
+    }
+    Error::Buffer(format!("{what} {target}: {e}"))
+}
+
+/// The Redis buffer; see the module documentation for its layout.
+pub struct RedisBuffer {
+    shared: Arc<Shared>,
+    data_prefix: String,
+    keys_key: String,
+    lock_prefix: String,
+    dlq_key: String,
+    recovery_key: String,
+    instance: String,
+    lock_ttl: Duration,
+    held: Arc<Mutex<HashSet<String>>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    renewer: Mutex<Option<JoinHandle<()>>>,
+    ready: AtomicBool,
+    clear_script: Script,
+    unlock_script: Script,
+}
+
+/// Builds the connection URL without ever printing the password.
+fn connection_info(config: &Config) -> Result<(Client, String)> {
+    let host = config.redis_host.trim();
+    let (url, shown) = if host.starts_with("redis://") || host.starts_with("rediss://") {
+        (host.to_string(), "the configured Redis URL".to_string())
+    } else {
+        let pw = if config.redis_password.is_empty() {
+            String::new()
+        } else {
+            let encoded: String = config
+                .redis_password
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            format!(":{encoded}@")
+        };
+        (
+            format!("redis://{pw}{host}/{}", config.redis_db),
+            format!("redis://{host}/{}", config.redis_db),
+        )
+    };
+    let client = Client::open(url.as_str()).map_err(|e| {
+        Error::config(
+            "RedisHost",
+            host,
+            format!("a `host:port` or redis:// URL ({e})"),
+        )
+    })?;
+    Ok((client, shown))
+}
+
+impl RedisBuffer {
+    /// Connects (failing clearly for an unreachable host or a wrong password) and starts
+    /// the lock renewal thread.
+    pub fn connect(config: &Config) -> Result<RedisBuffer> {
+        let (client, describe) = connection_info(config)?;
+        let timeout = Duration::from_secs(if config.redis_timeout == 0 {
+            5
+        } else {
+            config.redis_timeout
+        });
+        let shared = Arc::new(Shared {
+            client,
+            conn: Mutex::new(None),
+            timeout,
+            describe: describe.clone(),
+        });
+        shared
+            .with_conn("connecting to", |c| redis::cmd("PING").query::<String>(c))
+            .map_err(|e| match e {
+                Error::BufferUnavailable(msg) => Error::config(
+                    "RedisHost",
+                    config.redis_host.clone(),
+                    format!("a reachable Redis server ({msg})"),
+                ),
+                other => other,
+            })?;
+        let p = &config.redis_data_prefix;
+        let buffer = RedisBuffer {
+            shared,
+            data_prefix: p.clone(),
+            keys_key: config.redis_keys.clone(),
+            lock_prefix: config.redis_lock_prefix.clone(),
+            dlq_key: config.redis_dlq_prefix.clone(),
+            recovery_key: config.redis_recovery_key.clone(),
+            instance: config.redis_lock_instance_name.clone(),
+            lock_ttl: Duration::from_secs(config.redis_lock_ttl.max(1)),
+            held: Arc::new(Mutex::new(HashSet::new())),
+            stop: Arc::new((Mutex::new(false), Condvar::new())),
+            renewer: Mutex::new(None),
+            ready: AtomicBool::new(true),
+            clear_script: Script::new(CLEAR_SCRIPT),
+            unlock_script: Script::new(UNLOCK_SCRIPT),
+        };
+        buffer.start_renewer()?;
+        log::info!(
+            "redis buffer connected to {describe} as `{}`",
+            buffer.instance
+        );
+        Ok(buffer)
+    }
+
+    fn data_key(&self, key: &str) -> String {
+        format!("{}:{key}", self.data_prefix)
+    }
+    fn offset_key(&self, key: &str) -> String {
+        format!("{}:offset:{key}", self.data_prefix)
+    }
+    fn epoch_key(&self, key: &str) -> String {
+        format!("{}:epoch:{key}", self.data_prefix)
+    }
+    fn lock_key(&self, key: &str) -> String {
+        format!("{}:{key}", self.lock_prefix)
+    }
+
+    /// Renews every lock this instance holds at a third of the TTL, so a long flush keeps
+    /// its lock and a crashed instance's lock expires.
+    fn start_renewer(&self) -> Result<()> {
+        let shared = self.shared.clone();
+        let held = self.held.clone();
+        let stop = self.stop.clone();
+        let prefix = self.lock_prefix.clone();
+        let instance = self.instance.clone();
+        let ttl = self.lock_ttl;
+        let script = Script::new(RENEW_SCRIPT);
+        let handle = std::thread::Builder::new()
+            .name("d2p-redis-lock".into())
+            .spawn(move || {
+                let period = (ttl / 3).max(Duration::from_millis(100));
+                loop {
+                    {
+                        let mut stopped = stop.0.lock();
+                        if *stopped {
+                            return;
+                        }
+                        let _ = stop.1.wait_for(&mut stopped, period);
+                        if *stopped {
+                            return;
+                        }
+                    }
+                    let keys: Vec<String> = held.lock().iter().cloned().collect();
+                    for key in keys {
+                        let lock = format!("{prefix}:{key}");
+                        let renewed = shared.with_conn("renewing a lock on", |c| {
+                            script
+                                .key(&lock)
+                                .arg(&instance)
+                                .arg(ttl.as_millis() as u64)
+                                .invoke::<i64>(c)
+                        });
+                        match renewed {
+                            Ok(1) => {}
+                            Ok(_) => log::warn!("lock `{lock}` is no longer ours (expired?); the flush of `{key}` may overlap another instance"),
+                            Err(e) => log::warn!("renewing lock `{lock}` failed: {e}"),
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the lock renewal thread", "", e))?;
+        *self.renewer.lock() = Some(handle);
+        Ok(())
+    }
+
+    fn decode_records(&self, key: &str, items: Vec<String>) -> Vec<Record> {
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let log = serde_json::from_str::<Log>(&text).unwrap_or_else(|e| {
+                    // Not written by data2parquet: keep the text rather than lose it.
+                    log::warn!(
+                        "record {i} of `{key}` in Redis is not a record ({e}); kept as its message"
+                    );
+                    Log {
+                        message: text,
+                        ..Log::default()
+                    }
+                });
+                Arc::new(log)
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisBuffer {
+    fn drop(&mut self) {
+        {
+            let mut stopped = self.stop.0.lock();
+            *stopped = true;
+            self.stop.1.notify_all();
+        }
+        if let Some(h) = self.renewer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Buffer(format!("serialising for Redis: {e}")))
+}
+
+impl Buffer for RedisBuffer {
+    fn push(&self, batch: PushBatch) -> Result<Vec<usize>> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (key, records) in &batch.groups {
+            let mut encoded = Vec::with_capacity(records.len());
+            for r in records {
+                encoded.push(to_json(&**r)?);
+            }
+            pipe.rpush(self.data_key(key), encoded);
+            pipe.sadd(&self.keys_key, key).ignore();
+            pipe.cmd("SET")
+                .arg(self.epoch_key(key))
+                .arg(ulid::Ulid::generate().to_string())
+                .arg("NX")
+                .ignore();
+        }
+        if !batch.dlq.is_empty() {
+            let mut encoded = Vec::with_capacity(batch.dlq.len());
+            for e in &batch.dlq {
+                encoded.push(to_json(e)?);
+            }
+            pipe.rpush(&self.dlq_key, encoded).ignore();
+        }
+        if batch.groups.is_empty() && batch.dlq.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lens: Vec<usize> = self.shared.with_conn("pushing to", |c| pipe.query(c))?;
+        self.ready.store(true, Ordering::Relaxed);
+        Ok(lens)
+    }
+
+    fn get(&self, key: &str, max: usize) -> Result<Vec<Record>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let items: Vec<String> = self.shared.with_conn("reading from", |c| {
+            redis::cmd("LRANGE")
+                .arg(self.data_key(key))
+                .arg(0)
+                .arg(max as i64 - 1)
+                .query(c)
+        })?;
+        Ok(self.decode_records(key, items))
+    }
+
+    fn clear(&self, key: &str, count: usize) -> Result<()> {
+        self.shared.with_conn("clearing in", |c| {
+            self.clear_script
+                .key(self.data_key(key))
+                .key(&self.keys_key)
+                .key(self.offset_key(key))
+                .arg(count)
+                .arg(key)
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn len(&self, key: &str) -> Result<usize> {
+        self.shared.with_conn("reading from", |c| {
+            redis::cmd("LLEN").arg(self.data_key(key)).query(c)
+        })
+    }
+
+    fn keys(&self) -> Result<Vec<String>> {
+        let mut keys: Vec<String> = self.shared.with_conn("reading from", |c| {
+            redis::cmd("SMEMBERS").arg(&self.keys_key).query(c)
+        })?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn get_dlq(&self, max: usize) -> Result<Vec<DlqEntry>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let items: Vec<String> = self.shared.with_conn("reading the DLQ from", |c| {
+            redis::cmd("LRANGE")
+                .arg(&self.dlq_key)
+                .arg(0)
+                .arg(max as i64 - 1)
+                .query(c)
+        })?;
+        Ok(items
+            .into_iter()
+            .map(|text| {
+                serde_json::from_str::<DlqEntry>(&text).unwrap_or_else(|e| DlqEntry {
+                    key: crate::receiver::UNDECODABLE_KEY.to_string(),
+                    reason: format!("DLQ entry in Redis is not JSON: {e}"),
+                    raw: text,
+                    time: String::new(),
+                })
+            })
+            .collect())
+    }
+
+    fn clear_dlq(&self, count: usize) -> Result<()> {
+        self.shared.with_conn("clearing the DLQ in", |c| {
+            redis::cmd("LTRIM")
+                .arg(&self.dlq_key)
+                .arg(count)
+                .arg(-1)
+                .query::<()>(c)
+        })
+    }
+
+    fn push_recovery(&self, item: RecoveryItem) -> Result<()> {
+        let text = to_json(&item)?;
+        self.shared.with_conn("keeping recovery data in", |c| {
+            redis::cmd("HSET")
+                .arg(&self.recovery_key)
+                .arg(&item.id)
+                .arg(text)
+                .query::<()>(c)
+        })
+    }
+
+    fn get_recovery(&self) -> Result<Vec<RecoveryItem>> {
+        let values: Vec<String> = self.shared.with_conn("reading recovery data from", |c| {
+            redis::cmd("HVALS").arg(&self.recovery_key).query(c)
+        })?;
+        let mut items = Vec::with_capacity(values.len());
+        for v in values {
+            match serde_json::from_str::<RecoveryItem>(&v) {
+                Ok(item) => items.push(item),
+                Err(e) => log::warn!("a recovery item in Redis is unreadable ({e}); left in place"),
+            }
+        }
+        items.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(items)
+    }
+
+    fn remove_recovery(&self, id: &str) -> Result<()> {
+        self.shared.with_conn("removing recovery data from", |c| {
+            redis::cmd("HDEL")
+                .arg(&self.recovery_key)
+                .arg(id)
+                .query::<()>(c)
+        })
+    }
+
+    fn recovery_len(&self) -> Result<usize> {
+        self.shared.with_conn("reading recovery data from", |c| {
+            redis::cmd("HLEN").arg(&self.recovery_key).query(c)
+        })
+    }
+
+    fn try_lock(&self, key: &str) -> Result<bool> {
+        let lock = self.lock_key(key);
+        let ttl = self.lock_ttl.as_millis() as u64;
+        let got: Option<String> = self.shared.with_conn("locking in", |c| {
+            redis::cmd("SET")
+                .arg(&lock)
+                .arg(&self.instance)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl)
+                .query(c)
+        })?;
+        let mine = if got.is_some() {
+            true
+        } else {
+            // The seed's "lock is mine" case (for example after a restart with the same name).
+            let owner: Option<String> = self
+                .shared
+                .with_conn("locking in", |c| redis::cmd("GET").arg(&lock).query(c))?;
+            owner.as_deref() == Some(self.instance.as_str())
+        };
+        if mine {
+            self.held.lock().insert(key.to_string());
+        }
+        Ok(mine)
+    }
+
+    fn unlock(&self, key: &str) -> Result<()> {
+        self.held.lock().remove(key);
+        self.shared.with_conn("unlocking in", |c| {
+            self.unlock_script
+                .key(self.lock_key(key))
+                .arg(&self.instance)
+                .invoke::<i64>(c)
+        })?;
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        let ok = self
+            .shared
+            .with_conn("checking", |c| redis::cmd("PING").query::<String>(c))
+            .is_ok();
+        self.ready.store(ok, Ordering::Relaxed);
+        ok
+    }
+
+    fn bytes_used(&self) -> usize {
+        // Redis holds the data; the memory bound applies to the memory buffer only.
+        0
+    }
+
+    fn close(&self) -> Result<()> {
+        {
+            let mut stopped = self.stop.0.lock();
+            *stopped = true;
+            self.stop.1.notify_all();
+        }
+        if let Some(h) = self.renewer.lock().take() {
+            let _ = h.join();
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.shared.describe.clone()
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    fn batch_id(&self, key: &str, _records: &[Record]) -> Option<String> {
+        // Same list lifetime and same offset -> same name: a batch re-flushed after a crash
+        // replaces its file. A list recreated after Redis lost its data gets a new epoch.
+        let got: Result<(Option<String>, Option<u64>)> =
+            self.shared.with_conn("naming a batch in", |c| {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(self.epoch_key(key))
+                    .cmd("GET")
+                    .arg(self.offset_key(key))
+                    .query(c)
+            });
+        match got {
+            Ok((Some(epoch), offset)) => Some(format!("{epoch}-{:012}", offset.unwrap_or(0))),
+            Ok((None, _)) => None,
+            Err(e) => {
+                log::warn!("cannot read the batch offset of `{key}`: {e}; using a fresh name");
+                None
+            }
+        }
+    }
+}
