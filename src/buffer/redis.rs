@@ -307,6 +307,11 @@ impl Drop for RedisBuffer {
     }
 }
 
+/// The last index of an `LRANGE 0 <end>` reading `max` items (`-1` = all).
+fn range_end(max: usize) -> i64 {
+    i64::try_from(max).map_or(-1, |m| m - 1)
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::Buffer(format!("serialising for Redis: {e}")))
 }
@@ -351,7 +356,7 @@ impl Buffer for RedisBuffer {
             redis::cmd("LRANGE")
                 .arg(self.data_key(key))
                 .arg(0)
-                .arg(max as i64 - 1)
+                .arg(range_end(max))
                 .query(c)
         })?;
         Ok(self.decode_records(key, items))
@@ -392,7 +397,7 @@ impl Buffer for RedisBuffer {
             redis::cmd("LRANGE")
                 .arg(&self.dlq_key)
                 .arg(0)
-                .arg(max as i64 - 1)
+                .arg(range_end(max))
                 .query(c)
         })?;
         Ok(items
