@@ -214,6 +214,8 @@ fn main() -> ExitCode {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .try_init();
     let recovery_path = config.recovery_path.clone();
+    // Receive-only (RedisSkipFlush): success is every record safely in Redis.
+    let receive_only = config.redis_skip_flush;
     let started = Instant::now();
     let receiver = match Receiver::from_config(config) {
         Ok(r) => Arc::new(r),
@@ -248,7 +250,8 @@ fn main() -> ExitCode {
         eprintln!("json2parquet: {e}");
         return ExitCode::FAILURE;
     }
-    let nothing_written = stats.records_written == 0
+    let nothing_written = !receive_only
+        && stats.records_written == 0
         && (totals.read > 0 || totals.rejected > 0 || !totals.failed_inputs.is_empty());
     let lost_to_disk = stats.recovery_spilled > 0;
     if nothing_written || lost_to_disk || !totals.failed_inputs.is_empty() {
