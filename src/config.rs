@@ -25,6 +25,8 @@ pub const DEFAULT_ROW_GROUP_SIZE: u64 = 134_217_728;
 pub const DEFAULT_BUFFER_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Default `FlushWorkers`: background threads converting and writing keys in parallel.
 pub const DEFAULT_FLUSH_WORKERS: usize = 2;
+/// Default `S3PartSize`: multipart threshold and part size (8 MiB; S3's minimum is 5 MiB).
+pub const DEFAULT_S3_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Default HTTP `Port`.
 pub const DEFAULT_PORT: u16 = 8080;
 /// Default `RecoveryPath`: where data that could not be written is kept on local disk.
@@ -145,6 +147,8 @@ pub struct Config {
     pub s3_role_arn: String,
     /// STS endpoint for the assume-role call.
     pub s3_sts_endpoint: String,
+    /// Objects of at least this many bytes go up as multipart uploads of this part size.
+    pub s3_part_size: usize,
     /// Capability used in partition keys when a record has none (else `unknown`).
     pub s3_default_capability: String,
     /// Re-send recovery data automatically.
@@ -203,6 +207,7 @@ impl Default for Config {
             s3_region: String::new(),
             s3_role_arn: String::new(),
             s3_sts_endpoint: String::new(),
+            s3_part_size: DEFAULT_S3_PART_SIZE,
             s3_default_capability: String::new(),
             try_auto_recover: false,
             writer_compression: Compression::Snappy,
@@ -281,6 +286,7 @@ pub const FLUENT_BIT_KEYS: &[&str] = &[
     "S3STSEndpoint",
     "S3Endpoint",
     "S3DefaultCapability",
+    "S3PartSize",
     "TryAutoRecover",
     "WriterCompressionType",
     "WriterCompressionLevel",
@@ -509,6 +515,18 @@ impl Config {
             "s3rolearn" => self.s3_role_arn = as_string(value),
             "s3stsendpoint" => self.s3_sts_endpoint = as_string(value),
             "s3defaultcapability" => self.s3_default_capability = as_string(value),
+            "s3partsize" => {
+                self.s3_part_size = match size_text(value) {
+                    Some(n) if n >= 5 * 1024 * 1024 => n as usize,
+                    _ => {
+                        return Err(Error::config(
+                            key,
+                            value_text(value),
+                            "a size of at least 5M (S3's minimum part size)",
+                        ));
+                    }
+                }
+            }
             "tryautorecover" => self.try_auto_recover = as_bool(key, value)?,
             "writercompressiontype" => {
                 self.compression_name = match as_string(value).to_ascii_lowercase().as_str() {
@@ -699,7 +717,7 @@ mod tests {
             let sample = match *key {
                 "BufferSize" | "FlushInterval" | "FlushWorkers" | "RecoveryAttempts"
                 | "RedisDB" | "RedisLockTTL" | "RedisTimeout" | "BufferFullWait" => "3",
-                "BufferMaxBytes" => "8M",
+                "BufferMaxBytes" | "S3PartSize" => "8M",
                 "WriterRowGroupSize" => "1048576",
                 "WriterCompressionLevel" => "3",
                 "Debug" | "TryAutoRecover" | "RedisSkipFlush" | "WriterDictionary"

@@ -53,10 +53,6 @@ pub fn build_writer(config: &Config) -> Result<Arc<dyn Writer>> {
         WriterType::File => Ok(Arc::new(writer::file::FileWriter::new(
             &config.writer_file_path,
         ))),
-        WriterType::AwsS3 => Err(Error::config(
-            "WriterType",
-            "aws-s3",
-            "`file` (the S3 writer is not built yet)",
-        )),
+        WriterType::AwsS3 => Ok(Arc::new(writer::s3::S3Writer::new(config)?)),
     }
 }

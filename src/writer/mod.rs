@@ -3,6 +3,7 @@
 //! retry may help.
 
 pub mod file;
+pub mod s3;
 
 use crate::error::Result;
 

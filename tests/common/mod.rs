@@ -121,14 +121,29 @@ pub fn start_redis(opts: &RedisOptions) -> Server {
 
 /// Starts moto's S3/STS server (`moto_server` from the project's Python) on a free port.
 pub fn start_moto() -> Server {
+    start_moto_on(free_port())
+}
+
+/// Starts moto's server on `port` (to restart one on the same address).
+pub fn start_moto_on(port: u16) -> Server {
+    start_moto_with(port, &[])
+}
+
+/// Starts moto's server that checks credentials (IAM authentication on from the first
+/// request), so bad keys are refused as AWS would.
+pub fn start_moto_with_auth() -> Server {
+    start_moto_with(free_port(), &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
+}
+
+fn start_moto_with(port: u16, env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     let py = python();
     let child = Command::new(&py)
         .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
         .arg(port.to_string())
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
