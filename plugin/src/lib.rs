@@ -7,6 +7,12 @@
 //! worker threads) and freed at ExitCtx after everything it accepted was written. Every
 //! export runs inside `catch_unwind`, so a panic never crosses into Fluent Bit.
 
+/// jemalloc, built without initial-exec TLS so it works inside a `dlopen`ed library:
+/// records are decoded on the decode threads and freed on the flusher threads, where
+/// glibc malloc spends much of the time.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod ffi;
 pub mod instance;
 
