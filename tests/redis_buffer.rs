@@ -119,14 +119,21 @@ fn every_buffer_operation() {
         Some(id_before.clone()),
         "same batch, same name"
     );
+    // Only the lock owner may clear.
+    assert!(b.clear("k1", 3).is_err(), "b does not hold the lock of k1");
+    assert_eq!(b.len("k1").expect("len"), 5, "nothing removed");
+    assert!(b.try_lock("k1").expect("lock"));
     b.clear("k1", 3).expect("clear");
+    b.unlock("k1").expect("unlock");
     assert_ne!(
         a.batch_id("k1", &got),
         Some(id_before),
         "next batch, next name"
     );
     assert_eq!(a.get("k1", 10).expect("get").len(), 2);
+    assert!(a.try_lock("k2").expect("lock"));
     a.clear("k2", 2).expect("clear");
+    a.unlock("k2").expect("unlock");
     assert_eq!(
         a.keys().expect("keys"),
         vec!["k1"],

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::record::Log;
 
 const CLEAR_SCRIPT: &str = r"
+if redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
 redis.call('LTRIM', KEYS[1], ARGV[1], -1)
 redis.call('INCRBY', KEYS[3], ARGV[1])
 if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
@@ -101,6 +102,10 @@ fn classify(target: &str, what: &str, e: &RedisError) -> Error {
         );
     }
     if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
+        return Error::BufferUnavailable(format!("{what} {target}: {e}"));
+    }
+    if text.contains("OOM") || text.contains("LOADING") || text.contains("BUSY") {
+        // Redis is out of memory (maxmemory), still loading its data, or busy: back off.
         return Error::BufferUnavailable(format!("{what} {target}: {e}"));
     }
     Error::Buffer(format!("{what} {target}: {e}"))
@@ -363,16 +368,26 @@ impl Buffer for RedisBuffer {
     }
 
     fn clear(&self, key: &str, count: usize) -> Result<()> {
-        self.shared.with_conn("clearing in", |c| {
+        // Only the lock owner may remove records: an instance that stalled past its lock's
+        // TTL must not trim records that the new owner is flushing.
+        let cleared = self.shared.with_conn("clearing in", |c| {
             self.clear_script
                 .key(self.data_key(key))
                 .key(&self.keys_key)
                 .key(self.offset_key(key))
+                .key(self.lock_key(key))
                 .arg(count)
                 .arg(key)
+                .arg(&self.instance)
                 .invoke::<i64>(c)
         })?;
-        Ok(())
+        if cleared == 1 {
+            Ok(())
+        } else {
+            Err(Error::Buffer(format!(
+                "the flush lock of `{key}` expired and another instance took it; its records stay for that instance (the file just written will be replaced, not duplicated)"
+            )))
+        }
     }
 
     fn len(&self, key: &str) -> Result<usize> {
