@@ -436,6 +436,30 @@ impl Config {
         Ok(config)
     }
 
+    /// The command-line form shared by the binaries: an optional JSON file, then
+    /// `KEY=VALUE` overrides (an unknown key is an error here: a typo on a command line
+    /// must not pass), then validation.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config> {
+        let mut config = match file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        for pair in overrides {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(Error::config(pair, "", "KEY=VALUE"));
+            };
+            if !config.set(k.trim(), &Value::String(v.trim().to_string()))? {
+                return Err(Error::config(
+                    k,
+                    v,
+                    "a known configuration key (see the README)",
+                ));
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Sets one key. Returns `Ok(false)` (and records a warning) for an unknown key.
     pub fn set(&mut self, key: &str, value: &Value) -> Result<bool> {
         let norm = normalize_key(key);

@@ -19,7 +19,6 @@ use clap::{Parser, Subcommand};
 use data2parquet::buffer::DlqEntry;
 use data2parquet::record::decode_json_line;
 use data2parquet::{Config, Error, Receiver};
-use serde_json::Value;
 
 /// Inspect and replay the DLQ and the recovery bucket.
 #[derive(Parser, Debug)]
@@ -69,24 +68,7 @@ enum RecoveryAction {
 }
 
 fn load_config(args: &Args) -> data2parquet::Result<Config> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::from_json("{}")?,
-    };
-    for pair in &args.set {
-        let Some((k, v)) = pair.split_once('=') else {
-            return Err(Error::config(pair, "", "KEY=VALUE"));
-        };
-        if !config.set(k.trim(), &Value::String(v.trim().to_string()))? {
-            return Err(Error::config(
-                k,
-                v,
-                "a known configuration key (see the README)",
-            ));
-        }
-    }
-    config.validate()?;
-    Ok(config)
+    Config::load(args.config.as_deref(), &args.set)
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {

@@ -11,8 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use data2parquet::{Config, Error, Receiver};
-use serde_json::Value;
+use data2parquet::{Config, Receiver};
 
 /// Receives JSON log records over HTTP and writes partitioned Parquet files.
 #[derive(Parser, Debug)]
@@ -33,22 +32,7 @@ struct Args {
 }
 
 fn load_config(args: &Args) -> data2parquet::Result<Config> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::from_json("{}")?,
-    };
-    for pair in &args.set {
-        let Some((k, v)) = pair.split_once('=') else {
-            return Err(Error::config(pair, "", "KEY=VALUE"));
-        };
-        if !config.set(k.trim(), &Value::String(v.trim().to_string()))? {
-            return Err(Error::config(
-                k,
-                v,
-                "a known configuration key (see the README)",
-            ));
-        }
-    }
+    let mut config = Config::load(args.config.as_deref(), &args.set)?;
     if let Some(a) = &args.address {
         config.address = a.clone();
     }

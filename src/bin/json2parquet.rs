@@ -69,24 +69,7 @@ fn load_config(args: &mut Args) -> data2parquet::Result<Config> {
     if args.config.is_none() && args.inputs.len() >= 2 && looks_like_config(&args.inputs[0]) {
         args.config = Some(args.inputs.remove(0));
     }
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::from_json("{}")?,
-    };
-    for pair in &args.set {
-        let Some((k, v)) = pair.split_once('=') else {
-            return Err(Error::config(pair, "", "KEY=VALUE"));
-        };
-        if !config.set(k.trim(), &Value::String(v.trim().to_string()))? {
-            return Err(Error::config(
-                k,
-                v,
-                "a known configuration key (see the README)",
-            ));
-        }
-    }
-    config.validate()?;
-    Ok(config)
+    Config::load(args.config.as_deref(), &args.set)
 }
 
 struct Totals {
