@@ -1,0 +1,348 @@
+//! The flush machinery: convert a key's oldest records, write them (one file per hour),
+//! keep failed writes in the recovery bucket, write the DLQ, re-send and spill recovery data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{DLQ_BATCH, FlushReport, Inner, KeyClaim, Mode};
+use crate::buffer::{DlqEntry, PushBatch, Record, RecoveryItem};
+use crate::convert;
+use crate::error::{Error, Result};
+use crate::naming::{ObjectKind, object_name};
+use crate::record::{Hour, format_time};
+
+impl Inner {
+    pub(super) fn flush_all(&self, mode: Mode) -> Result<FlushReport> {
+        let mut report = FlushReport::default();
+        let mut first_error = None;
+        for key in self.buffer.keys()? {
+            match self.flush_key(&key, mode) {
+                Ok(r) => report.merge(r),
+                Err(e) => {
+                    log::error!("flush of key `{key}` failed: {e}; its records stay buffered");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    pub(super) fn flush_key(&self, key: &str, mode: Mode) -> Result<FlushReport> {
+        let mut report = FlushReport::default();
+        if self.config.redis_skip_flush {
+            return Ok(report);
+        }
+        let _exclusive = self.claim(key);
+        if !self.buffer.try_lock(key)? {
+            self.counters
+                .lock_contention
+                .fetch_add(1, Ordering::Relaxed);
+            log::debug!("flush of `{key}` skipped: another instance holds its lock");
+            report.keys_locked_elsewhere.push(key.to_string());
+            return Ok(report);
+        }
+        let result = self.flush_locked(key, mode, &mut report);
+        if let Err(e) = self.buffer.unlock(key) {
+            log::warn!("releasing the lock of `{key}` failed: {e}; it will expire by itself");
+        }
+        result.map(|()| report)
+    }
+
+    pub(super) fn flush_locked(
+        &self,
+        key: &str,
+        mode: Mode,
+        report: &mut FlushReport,
+    ) -> Result<()> {
+        let size = self.config.buffer_size;
+        loop {
+            let records = self.buffer.get(key, size)?;
+            let n = records.len();
+            if n == 0 || (mode == Mode::FullBatches && n < size) {
+                break;
+            }
+            let started = Instant::now();
+            let id = self
+                .buffer
+                .batch_id(key, &records)
+                .unwrap_or_else(|| ulid::Ulid::from_datetime(self.clock.now().into()).to_string());
+            self.write_batch(key, &id, records, report)?;
+            self.buffer.clear(key, n)?;
+            self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .flush_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            if n < size {
+                break;
+            }
+        }
+        let remaining = self.buffer.len(key)?;
+        let mut first = self.first_seen.lock();
+        if remaining == 0 {
+            first.remove(key);
+        } else if mode == Mode::All {
+            first.insert(key.to_string(), self.clock.now());
+        }
+        Ok(())
+    }
+
+    /// Converts and writes one batch of a key: one file per hour of the records' own time.
+    /// A failed write puts the file in the recovery bucket; records that cannot be encoded
+    /// go to the DLQ. Returns an error only when the data could be kept nowhere (then the
+    /// caller leaves the records in the buffer).
+    pub(super) fn write_batch(
+        &self,
+        key: &str,
+        id: &str,
+        records: Vec<Record>,
+        report: &mut FlushReport,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let mut by_hour: BTreeMap<Hour, Vec<Record>> = BTreeMap::new();
+        for r in records {
+            let hour = Hour::of(r.parsed_time().unwrap_or(now));
+            by_hour.entry(hour).or_default().push(r);
+        }
+        for (hour, group) in by_hour {
+            let name = object_name(ObjectKind::Parquet, key, hour, id);
+            let (data, good) = match convert::encode(&group, &self.encode) {
+                Ok(data) => (data, group.len()),
+                Err(e) => {
+                    log::warn!(
+                        "encoding {} records of `{key}` failed: {e}; isolating the bad ones",
+                        group.len()
+                    );
+                    let (good, bad): (Vec<Record>, Vec<Record>) =
+                        group.into_iter().partition(|r| {
+                            convert::encode(std::slice::from_ref(r), &self.encode).is_ok()
+                        });
+                    let entries: Vec<DlqEntry> = bad
+                        .iter()
+                        .map(|r| DlqEntry {
+                            key: key.to_string(),
+                            reason: format!("parquet conversion failed: {e}"),
+                            raw: serde_json::to_string(&**r).unwrap_or_default(),
+                            time: format_time(now),
+                        })
+                        .collect();
+                    self.counters
+                        .records_dlq
+                        .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                    self.buffer.push(PushBatch {
+                        groups: Vec::new(),
+                        dlq: entries,
+                    })?;
+                    if good.is_empty() {
+                        continue;
+                    }
+                    (convert::encode(&good, &self.encode)?, good.len())
+                }
+            };
+            self.store(key, &name, data, good as u64, report)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one file, or keeps it in the recovery bucket when the write fails.
+    pub(super) fn store(
+        &self,
+        key: &str,
+        name: &str,
+        data: Vec<u8>,
+        records: u64,
+        report: &mut FlushReport,
+    ) -> Result<()> {
+        match self.writer.write(name, &data) {
+            Ok(()) => {
+                self.counters
+                    .records_written
+                    .fetch_add(records, Ordering::Relaxed);
+                self.counters.files_written.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes_written
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                report.records += records;
+                report.files += 1;
+                report.names.push(name.to_string());
+                log::debug!("wrote {name}: {records} records, {} bytes", data.len());
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+                let item = RecoveryItem {
+                    id: ulid::Ulid::generate().to_string(),
+                    key: key.to_string(),
+                    name: name.to_string(),
+                    data,
+                    attempts: 1,
+                    last_error: e.to_string(),
+                };
+                self.buffer.push_recovery(item)?;
+                report.records_to_recovery += records;
+                log::warn!(
+                    "{e}; {records} records kept in the recovery bucket{}",
+                    if self.config.try_auto_recover {
+                        ", will re-send"
+                    } else {
+                        " (TryAutoRecover is off: they are kept until close, then on local disk)"
+                    }
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until no other thread of this process flushes `key`, then marks it as ours
+    /// until the returned guard is dropped.
+    pub(super) fn claim<'a>(&'a self, key: &str) -> KeyClaim<'a> {
+        let mut set = self.in_flight.lock();
+        while set.contains(key) {
+            self.in_flight_done.wait(&mut set);
+        }
+        set.insert(key.to_string());
+        KeyClaim {
+            inner: self,
+            key: key.to_string(),
+        }
+    }
+
+    /// Writes pending dead-letter entries as NDJSON files under `dlq/`.
+    pub(super) fn drain_dlq(&self) -> Result<()> {
+        if self.config.redis_skip_flush {
+            return Ok(());
+        }
+        let _serial = self.dlq_lock.lock();
+        loop {
+            let entries = self.buffer.get_dlq(DLQ_BATCH)?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let n = entries.len();
+            let hour = Hour::of(self.clock.now());
+            let id = ulid::Ulid::from_datetime(self.clock.now().into()).to_string();
+            let mut by_key: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+            for e in &entries {
+                let out = by_key.entry(e.key.as_str()).or_default();
+                serde_json::to_writer(&mut *out, e)
+                    .map_err(|err| Error::Buffer(err.to_string()))?;
+                out.push(b'\n');
+            }
+            for (key, data) in by_key {
+                let name = object_name(ObjectKind::Dlq, key, hour, &id);
+                let len = data.len();
+                let mut report = FlushReport::default();
+                self.store(key, &name, data, 0, &mut report)?;
+                if report.files == 1 {
+                    self.counters
+                        .dlq_files_written
+                        .fetch_add(1, Ordering::Relaxed);
+                    // store() counted it as a Parquet file; DLQ files are counted apart.
+                    self.counters.files_written.fetch_sub(1, Ordering::Relaxed);
+                    log::info!("wrote dead-letter file {name} ({len} bytes)");
+                }
+            }
+            self.buffer.clear_dlq(n)?;
+            if n < DLQ_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Re-sends recovery items. With `closing`, items that still fail are kept on local
+    /// disk when the buffer is not durable. Returns the number written.
+    pub(super) fn resend_recovery(&self, closing: bool) -> Result<usize> {
+        let _serial = self.recovery_lock.lock();
+        let items = self.buffer.get_recovery()?;
+        let mut written = 0;
+        for mut item in items {
+            match self.writer.write(&item.name, &item.data) {
+                Ok(()) => {
+                    self.buffer.remove_recovery(&item.id)?;
+                    self.counters.recovered.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .bytes_written
+                        .fetch_add(item.data.len() as u64, Ordering::Relaxed);
+                    written += 1;
+                    log::info!(
+                        "re-sent {} after {} failed attempt(s)",
+                        item.name,
+                        item.attempts
+                    );
+                }
+                Err(e) => {
+                    item.attempts += 1;
+                    item.last_error = e.to_string();
+                    let exhausted = self.config.recovery_attempts > 0
+                        && item.attempts > self.config.recovery_attempts;
+                    if exhausted || (closing && !self.buffer.durable()) {
+                        self.spill(&item)?;
+                        self.buffer.remove_recovery(&item.id)?;
+                    } else {
+                        self.buffer.remove_recovery(&item.id)?;
+                        self.buffer.push_recovery(item)?;
+                    }
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    pub(super) fn spill(&self, item: &RecoveryItem) -> Result<PathBuf> {
+        let root = Path::new(&self.config.recovery_path);
+        let path = root.join(&item.name);
+        let dir = path.parent().unwrap_or(root);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("creating recovery directory", dir, e))?;
+        std::fs::write(&path, &item.data)
+            .map_err(|e| Error::io("writing recovery file", &path, e))?;
+        self.counters
+            .recovery_spilled
+            .fetch_add(1, Ordering::Relaxed);
+        log::error!(
+            "could not write {} after {} attempt(s) ({}); kept on local disk at {}",
+            item.name,
+            item.attempts,
+            item.last_error,
+            path.display()
+        );
+        Ok(path)
+    }
+
+    /// At close of a non-durable buffer: records still buffered (their flush failed in a
+    /// way that kept them) are kept on local disk as NDJSON.
+    pub(super) fn spill_leftovers(&self) -> Result<()> {
+        for item in self.buffer.get_recovery()? {
+            self.spill(&item)?;
+            self.buffer.remove_recovery(&item.id)?;
+        }
+        for key in self.buffer.keys()? {
+            let n = self.buffer.len(&key)?;
+            let records = self.buffer.get(&key, n)?;
+            let mut data = Vec::new();
+            for r in &records {
+                serde_json::to_writer(&mut data, &**r).map_err(|e| Error::Buffer(e.to_string()))?;
+                data.push(b'\n');
+            }
+            let item = RecoveryItem {
+                id: ulid::Ulid::generate().to_string(),
+                key: key.clone(),
+                name: format!(
+                    "unflushed/{}-{}.ndjson",
+                    ulid::Ulid::generate(),
+                    crate::naming::escape_segment(&key)
+                ),
+                data,
+                attempts: 0,
+                last_error: "not flushed before close".into(),
+            };
+            self.spill(&item)?;
+            self.buffer.clear(&key, n)?;
+        }
+        Ok(())
+    }
+}
