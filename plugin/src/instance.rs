@@ -190,15 +190,8 @@ impl Instance {
             Ok(report) => {
                 let stats = self.receiver.stats();
                 self.log.info(&format!(
-                    "stopped: flushed {} records into {} files at exit; total records_in={} written={} dlq={} files={} write_failures={} spilled={}",
-                    report.records,
-                    report.files,
-                    stats.records_in,
-                    stats.records_written,
-                    stats.records_dlq,
-                    stats.files_written,
-                    stats.write_failures,
-                    stats.recovery_spilled
+                    "stopped: flushed {} records into {} files at exit; total {stats}",
+                    report.records, report.files,
                 ));
             }
             Err(e) => self.log.error(&format!(

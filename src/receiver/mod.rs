@@ -386,16 +386,7 @@ impl Receiver {
         if let Err(e) = inner.buffer.close() {
             log::warn!("close: buffer close failed: {e}");
         }
-        let stats = inner.stats();
-        log::info!(
-            "receiver closed: records_in={} written={} dlq={} files={} write_failures={} spilled={}",
-            stats.records_in,
-            stats.records_written,
-            stats.records_dlq,
-            stats.files_written,
-            stats.write_failures,
-            stats.recovery_spilled
-        );
+        log::info!("receiver closed: {}", inner.stats());
         result
     }
 }

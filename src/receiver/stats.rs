@@ -62,6 +62,22 @@ pub struct Stats {
     pub recovery_backlog: u64,
 }
 
+impl std::fmt::Display for Stats {
+    /// One line for logs: `records_in=.. written=.. dlq=.. files=.. write_failures=.. spilled=..`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "records_in={} written={} dlq={} files={} write_failures={} spilled={}",
+            self.records_in,
+            self.records_written,
+            self.records_dlq,
+            self.files_written,
+            self.write_failures,
+            self.recovery_spilled
+        )
+    }
+}
+
 /// What a flush did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct FlushReport {
