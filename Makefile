@@ -49,6 +49,9 @@ test: test-deps lint plugin
 	D2P_PLUGIN_SO=$(abspath target/debug/libout_parquet.so) $(CARGO) test --workspace --no-fail-fast
 
 bench: test-deps
+	@{ command -v wrk >/dev/null && test -x /usr/bin/time; } || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk time) </dev/null \
+	    || { echo "could not install wrk and GNU time: run as root or install them by hand"; exit 1; }; }
 	$(CARGO) build --release --workspace
 	$(PY) bench/run.py
 
