@@ -109,44 +109,158 @@ pub fn read_json_lines<R: BufRead>(
     sink: &mut dyn FnMut(Vec<Log>, Vec<Rejected>) -> Result<()>,
 ) -> Result<ReadStats> {
     let mut stats = ReadStats::default();
-    let mut line = Vec::with_capacity(64 * 1024);
-    let mut records = Vec::with_capacity(batch);
-    let mut rejected = Vec::new();
     let mut line_no = 0u64;
-    loop {
-        line.clear();
+    while let Some(block) = read_block(&mut reader, name, batch, &mut line_no)? {
+        stats.bytes += block.data.len() as u64;
+        let (records, rejected) = decode_block(&block, name);
+        stats.records += records.len() as u64;
+        stats.rejected += rejected.len() as u64;
+        if !records.is_empty() || !rejected.is_empty() {
+            sink(records, rejected)?;
+        }
+    }
+    Ok(stats)
+}
+
+/// Whole lines of a JSON Lines input, read as one unit of work.
+struct Block {
+    /// The lines, each with its `\n` (the last one may lack it).
+    data: Vec<u8>,
+    /// Line number of the first line (1-based).
+    first_line: u64,
+}
+
+/// Bytes after which a block ends even with fewer than `batch` lines (bounds memory with
+/// very long lines).
+const BLOCK_BYTES: usize = 4 << 20;
+
+/// Reads up to `batch` lines (or about [`BLOCK_BYTES`]); `None` at the end of the input.
+fn read_block<R: BufRead>(
+    reader: &mut R,
+    name: &str,
+    batch: usize,
+    line_no: &mut u64,
+) -> Result<Option<Block>> {
+    let first_line = *line_no + 1;
+    let mut data = Vec::with_capacity(batch.min(4096) * 1024);
+    let mut lines = 0;
+    while lines < batch.max(1) && data.len() < BLOCK_BYTES {
         let n = reader
-            .read_until(b'\n', &mut line)
+            .read_until(b'\n', &mut data)
             .map_err(|e| Error::io("reading input", name, e))?;
         if n == 0 {
             break;
         }
-        line_no += 1;
-        stats.bytes += n as u64;
+        lines += 1;
+    }
+    *line_no += lines as u64;
+    Ok((lines > 0).then_some(Block { data, first_line }))
+}
+
+/// Decodes every line of a block: records, and the lines rejected with their numbers.
+fn decode_block(block: &Block, name: &str) -> (Vec<Log>, Vec<Rejected>) {
+    let mut records = Vec::with_capacity(1024);
+    let mut rejected = Vec::new();
+    for (i, line) in block.data.split(|&b| b == b'\n').enumerate() {
         let trimmed = line.trim_ascii();
         if trimmed.is_empty() {
             continue;
         }
-        let what = || format!("line {line_no} of {name}");
-        let decoded = decode_json_bytes(trimmed, what);
-        match decoded {
-            Ok(log) => {
-                records.push(log);
-                stats.records += 1;
-            }
-            Err(e) => {
-                stats.rejected += 1;
-                rejected.push(reject(e, trimmed));
-            }
-        }
-        if records.len() >= batch {
-            sink(std::mem::take(&mut records), std::mem::take(&mut rejected))?;
+        let line_no = block.first_line + i as u64;
+        match decode_json_bytes(trimmed, || format!("line {line_no} of {name}")) {
+            Ok(log) => records.push(log),
+            Err(e) => rejected.push(reject(e, trimmed)),
         }
     }
-    if !records.is_empty() || !rejected.is_empty() {
-        sink(records, rejected)?;
+    (records, rejected)
+}
+
+/// Like [`read_input`], but JSON Lines are decoded by `threads` threads in parallel, each
+/// also running `prepare` on what it decoded (for json2parquet: grouping and encoding for
+/// the buffer), while this thread hands the results to `sink` in input order (so records of
+/// a key keep their order, and a slow sink, such as a push to Redis, overlaps the decoding
+/// of the next lines). At most `2 * threads` blocks are in flight, so memory stays bounded.
+/// Other formats, and `threads <= 1`, are read by [`read_input`] on this thread.
+pub fn read_input_parallel<R, T, P, S>(
+    mut reader: R,
+    name: &str,
+    batch: usize,
+    threads: usize,
+    prepare: &P,
+    sink: &mut S,
+) -> Result<ReadStats>
+where
+    R: BufRead + Send,
+    T: Send,
+    P: Fn(Vec<Log>, Vec<Rejected>) -> Result<T> + Sync,
+    S: FnMut(T) -> Result<()>,
+{
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+    /// Records and rejected inputs of a block, and what `prepare` made of them.
+    type Done<T> = Result<(u64, u64, Option<T>)>;
+    if threads <= 1 || detect(&mut reader)? != Format::JsonLines {
+        return read_input(reader, name, batch, &mut |records, rejected| {
+            sink(prepare(records, rejected)?)
+        });
     }
-    Ok(stats)
+    let (job_tx, job_rx) = sync_channel::<(Block, SyncSender<Done<T>>)>(threads);
+    let job_rx = parking_lot::Mutex::new(job_rx);
+    let (order_tx, order_rx) = sync_channel::<Receiver<Done<T>>>(2 * threads);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let job_rx = &job_rx;
+            scope.spawn(move || {
+                loop {
+                    let job = job_rx.lock().recv();
+                    let Ok((block, done)) = job else { break };
+                    let (records, rejected) = decode_block(&block, name);
+                    let (r, j) = (records.len() as u64, rejected.len() as u64);
+                    let result = if r == 0 && j == 0 {
+                        Ok((0, 0, None))
+                    } else {
+                        prepare(records, rejected).map(|p| (r, j, Some(p)))
+                    };
+                    // The receiving end is gone only when the consumer stopped early.
+                    let _ = done.send(result);
+                }
+            });
+        }
+        let read = scope.spawn(move || -> Result<u64> {
+            let mut bytes = 0;
+            let mut line_no = 0;
+            while let Some(block) = read_block(&mut reader, name, batch, &mut line_no)? {
+                bytes += block.data.len() as u64;
+                let (done_tx, done_rx) = sync_channel(1);
+                // Either send fails only when the consumer stopped (a sink error): stop too.
+                if order_tx.send(done_rx).is_err() || job_tx.send((block, done_tx)).is_err() {
+                    break;
+                }
+            }
+            Ok(bytes)
+        });
+        let mut stats = ReadStats::default();
+        let mut outcome = Ok(());
+        for done in order_rx.iter() {
+            let Ok(result) = done.recv() else { continue };
+            let step = result.and_then(|(records, rejected, prepared)| {
+                stats.records += records;
+                stats.rejected += rejected;
+                // `None`: a block of blank lines, nothing to hand on.
+                prepared.map_or(Ok(()), &mut *sink)
+            });
+            if let Err(e) = step {
+                outcome = Err(e);
+                break;
+            }
+        }
+        drop(order_rx);
+        let read = read
+            .join()
+            .map_err(|_| Error::Buffer(format!("the reader of {name} panicked")))?;
+        outcome?;
+        stats.bytes = read?;
+        Ok(stats)
+    })
 }
 
 fn reject(e: Error, raw: &[u8]) -> Rejected {
@@ -359,6 +473,84 @@ mod tests {
         assert_eq!(bad[0].what, "line 3 of in.json");
         assert_eq!(bad[0].raw, "not json");
         assert_eq!(bad[1].what, "line 4 of in.json");
+    }
+
+    #[test]
+    fn parallel_reading_keeps_order_line_numbers_and_counts() {
+        let mut input = String::new();
+        for i in 1..=5000 {
+            match i % 700 {
+                0 => input.push_str("not json\n"),
+                350 => input.push('\n'),
+                _ => input.push_str(&format!("{{\"message\":\"m{i}\"}}\n")),
+            }
+        }
+        let mut logs = Vec::new();
+        let mut bad = Vec::new();
+        let mut calls = 0;
+        let stats = read_input_parallel(
+            input.as_bytes(),
+            "in.jsonl",
+            64,
+            3,
+            &|l: Vec<Log>, b: Vec<Rejected>| Ok((l, b)),
+            &mut |(l, b): (Vec<Log>, Vec<Rejected>)| {
+                calls += 1;
+                logs.extend(l);
+                bad.extend(b);
+                Ok(())
+            },
+        )
+        .expect("read");
+        let want: Vec<String> = (1..=5000)
+            .filter(|i| i % 700 != 0 && i % 700 != 350)
+            .map(|i| format!("m{i}"))
+            .collect();
+        let got: Vec<String> = logs.into_iter().map(|l| l.message).collect();
+        assert_eq!(got, want);
+        assert_eq!(stats.records, want.len() as u64);
+        assert_eq!(stats.rejected, 7);
+        assert_eq!(stats.bytes, input.len() as u64);
+        let lines: Vec<&str> = bad.iter().map(|r| r.what.as_str()).collect();
+        assert_eq!(lines[0], "line 700 of in.jsonl");
+        assert_eq!(lines[6], "line 4900 of in.jsonl");
+        assert!(calls > 10, "{calls} calls");
+    }
+
+    #[test]
+    fn parallel_reading_stops_at_the_first_sink_or_prepare_error() {
+        let input: String = (0..10_000)
+            .map(|i| format!("{{\"message\":\"m{i}\"}}\n"))
+            .collect();
+        let mut seen = 0;
+        let err = read_input_parallel(
+            input.as_bytes(),
+            "in.jsonl",
+            10,
+            2,
+            &|l: Vec<Log>, _| Ok(l.len()),
+            &mut |n| {
+                seen += n;
+                if seen >= 100 {
+                    Err(Error::Closed)
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .expect_err("sink error");
+        assert!(matches!(err, Error::Closed), "{err}");
+        assert_eq!(seen, 100);
+        let err = read_input_parallel(
+            input.as_bytes(),
+            "in.jsonl",
+            10,
+            2,
+            &|_: Vec<Log>, _| -> Result<()> { Err(Error::Buffer("refused".into())) },
+            &mut |()| Ok(()),
+        )
+        .expect_err("prepare error");
+        assert!(err.to_string().contains("refused"), "{err}");
     }
 
     #[test]

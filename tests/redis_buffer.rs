@@ -98,6 +98,7 @@ fn every_buffer_operation() {
                 ("k2".into(), recs[..2].to_vec()),
             ],
             dlq: vec![entry.clone()],
+            encoded: None,
         })
         .expect("push");
     assert_eq!(lens, vec![5, 2]);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use data2parquet::input::{Rejected, read_input};
+use data2parquet::input::{Rejected, read_input_parallel};
 use data2parquet::receiver::Stats;
 use data2parquet::{Config, Error, Receiver};
 use serde_json::Value;
@@ -46,6 +46,11 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The seed's `json2parquet <config> <input>`: the first argument is a config file when it
 /// is a JSON object made of configuration keys.
+/// Threads decoding JSON Lines: one per core, at most 4 (the flush workers need CPU too).
+fn decode_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 fn looks_like_config(path: &Path) -> bool {
     let Ok(meta) = std::fs::metadata(path) else {
         return false;
@@ -85,20 +90,29 @@ fn convert_input(
     totals: &mut Totals,
 ) -> data2parquet::Result<()> {
     let name = path.display().to_string();
-    let reader: Box<dyn BufRead> = if name == "-" {
+    let reader: Box<dyn BufRead + Send> = if name == "-" {
         Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))
     } else {
         let file = File::open(path).map_err(|e| Error::io("opening input", path, e))?;
         Box::new(BufReader::with_capacity(1 << 20, file))
     };
-    let mut sink = |records: Vec<data2parquet::Log>, rejected: Vec<Rejected>| {
+    // Decoding threads group and encode records for the buffer; this thread pushes them.
+    let prepare = |records: Vec<data2parquet::Log>, rejected: Vec<Rejected>| {
         let dlq = rejected
             .into_iter()
             .map(|r| receiver.dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw))
             .collect();
-        receiver.push_wait(records, dlq, PUSH_TIMEOUT).map(|_| ())
+        receiver.prepare(records, dlq)
     };
-    let stats = read_input(reader, &name, PUSH_BATCH, &mut sink)?;
+    let mut sink = |batch| receiver.push_prepared_wait(batch, PUSH_TIMEOUT).map(|_| ());
+    let stats = read_input_parallel(
+        reader,
+        &name,
+        PUSH_BATCH,
+        decode_threads(),
+        &prepare,
+        &mut sink,
+    )?;
     totals.read += stats.records;
     totals.rejected += stats.rejected;
     totals.input_bytes += stats.bytes;

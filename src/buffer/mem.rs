@@ -201,6 +201,7 @@ mod tests {
         PushBatch {
             groups: vec![(key.to_string(), records)],
             dlq: Vec::new(),
+            encoded: None,
         }
     }
 
@@ -274,6 +275,7 @@ mod tests {
         b.push(PushBatch {
             groups: Vec::new(),
             dlq: vec![e.clone(), e.clone()],
+            encoded: None,
         })
         .expect("dlq");
         assert_eq!(b.get_dlq(10).expect("get").len(), 2);

@@ -153,6 +153,13 @@ pub trait Buffer: Send + Sync {
     fn batch_id(&self, _key: &str, _records: &[Record]) -> Option<String> {
         None
     }
+    /// Encodes `batch` in this buffer's storage format ahead of [`Buffer::push`] (fills
+    /// [`PushBatch::encoded`]). It is the CPU-heavy half of a push and needs no lock or
+    /// connection, so callers may run it on other threads than the push itself. The
+    /// default (a buffer that stores records as they are) does nothing.
+    fn encode(&self, _batch: &mut PushBatch) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What one push adds: records grouped by partition key, plus dead-letter entries.
@@ -162,6 +169,9 @@ pub struct PushBatch {
     pub groups: Vec<(String, Vec<Record>)>,
     /// Entries for the dead-letter queue.
     pub dlq: Vec<DlqEntry>,
+    /// The records already encoded by [`Buffer::encode`] (one list per group, in order), or
+    /// `None`: then `push` encodes them itself. Shared, so a retried push does not copy it.
+    pub encoded: Option<Arc<Vec<Vec<Vec<u8>>>>>,
 }
 
 impl PushBatch {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::{DLQ_BATCH, FlushReport, Inner, KeyClaim, Mode};
@@ -14,11 +14,41 @@ use crate::naming::{ObjectKind, object_name};
 use crate::record::{Hour, format_time};
 
 impl Inner {
+    /// Flushes every key, `FlushWorkers` keys at a time (each on its own short-lived
+    /// thread, so a close or `/flush/` with many keys uses every core).
     pub(super) fn flush_all(&self, mode: Mode) -> Result<FlushReport> {
+        let keys = self.buffer.keys()?;
+        let workers = self.config.flush_workers.max(1).min(keys.len());
+        let results: Vec<Result<FlushReport>> = if workers <= 1 {
+            keys.iter().map(|key| self.flush_key(key, mode)).collect()
+        } else {
+            let next = AtomicUsize::new(0);
+            let slots: Vec<parking_lot::Mutex<Option<Result<FlushReport>>>> =
+                keys.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+            std::thread::scope(|scope| {
+                for _ in 0..workers {
+                    scope.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(key) = keys.get(i) else { break };
+                            *slots[i].lock() = Some(self.flush_key(key, mode));
+                        }
+                    });
+                }
+            });
+            slots
+                .into_iter()
+                .map(|slot| {
+                    slot.into_inner().unwrap_or_else(|| {
+                        Err(Error::Buffer("a flush thread stopped early".into()))
+                    })
+                })
+                .collect()
+        };
         let mut report = FlushReport::default();
         let mut first_error = None;
-        for key in self.buffer.keys()? {
-            match self.flush_key(&key, mode) {
+        for (key, result) in keys.iter().zip(results) {
+            match result {
                 Ok(r) => report.merge(r),
                 Err(e) => {
                     log::error!("flush of key `{key}` failed: {e}; its records stay buffered");
@@ -136,6 +166,7 @@ impl Inner {
                     self.buffer.push(PushBatch {
                         groups: Vec::new(),
                         dlq: entries,
+                        encoded: None,
                     })?;
                     if good.is_empty() {
                         continue;

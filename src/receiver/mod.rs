@@ -193,10 +193,15 @@ impl Receiver {
         dlq: Vec<DlqEntry>,
         timeout: Duration,
     ) -> Result<usize> {
-        let deadline = Instant::now() + timeout;
         let batch = self.prepare(records, dlq)?;
+        self.push_prepared_wait(batch, timeout)
+    }
+
+    /// Pushes a batch made by [`Receiver::prepare`], waiting as [`Receiver::push_wait`] does.
+    pub fn push_prepared_wait(&self, batch: PushBatch, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
         loop {
-            // Records are shared (`Arc`), so keeping a copy for a retry is cheap.
+            // Records and their encoding are shared (`Arc`): a copy for a retry is cheap.
             match self.push_prepared(batch.clone()) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
@@ -212,7 +217,11 @@ impl Receiver {
         }
     }
 
-    fn prepare(&self, records: Vec<Log>, dlq: Vec<DlqEntry>) -> Result<PushBatch> {
+    /// The CPU-heavy half of a push, safe to run on any thread: fills empty `time`s with the
+    /// arrival time, groups records by partition key and encodes them for the buffer
+    /// ([`crate::buffer::Buffer::encode`]). Push the result with
+    /// [`Receiver::push_prepared_wait`]; json2parquet prepares on its decoding threads.
+    pub fn prepare(&self, records: Vec<Log>, dlq: Vec<DlqEntry>) -> Result<PushBatch> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -226,10 +235,13 @@ impl Receiver {
                 .or_default()
                 .push(Arc::new(log));
         }
-        Ok(PushBatch {
+        let mut batch = PushBatch {
             groups: groups.into_iter().collect(),
             dlq,
-        })
+            encoded: None,
+        };
+        self.inner.buffer.encode(&mut batch)?;
+        Ok(batch)
     }
 
     fn push_prepared(&self, batch: PushBatch) -> Result<usize> {
