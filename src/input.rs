@@ -142,7 +142,16 @@ fn read_block<R: BufRead>(
     line_no: &mut u64,
 ) -> Result<Option<Block>> {
     let first_line = *line_no + 1;
-    let mut data = Vec::with_capacity(batch.min(4096) * 1024);
+    // About 1.5 KB a line, enough for typical log records without regrowing, but no more
+    // than twice what the reader holds now (a small request body gets a small block).
+    let buffered = reader
+        .fill_buf()
+        .map_err(|e| Error::io("reading input", name, e))?
+        .len();
+    let capacity = (batch.max(1) * 1536)
+        .min(BLOCK_BYTES)
+        .min(buffered.max(32 * 1024) * 2);
+    let mut data = Vec::with_capacity(capacity);
     let mut lines = 0;
     while lines < batch.max(1) && data.len() < BLOCK_BYTES {
         let n = reader

@@ -156,7 +156,8 @@ pub trait Buffer: Send + Sync {
     /// Encodes `batch` in this buffer's storage format ahead of [`Buffer::push`] (fills
     /// [`PushBatch::encoded`]). It is the CPU-heavy half of a push and needs no lock or
     /// connection, so callers may run it on other threads than the push itself. The
-    /// default (a buffer that stores records as they are) does nothing.
+    /// default (a buffer that stores records as they are) does nothing. A buffer that
+    /// pushes only the encoding may empty the groups' record lists (keeping the keys).
     fn encode(&self, _batch: &mut PushBatch) -> Result<()> {
         Ok(())
     }
@@ -171,12 +172,54 @@ pub struct PushBatch {
     pub dlq: Vec<DlqEntry>,
     /// The records already encoded by [`Buffer::encode`] (one list per group, in order), or
     /// `None`: then `push` encodes them itself. Shared, so a retried push does not copy it.
-    pub encoded: Option<Arc<Vec<Vec<Vec<u8>>>>>,
+    pub encoded: Option<Arc<Vec<EncodedGroup>>>,
+}
+
+/// The records of one group encoded back to back in one allocation.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EncodedGroup {
+    /// Every record's bytes, one after another.
+    pub data: Vec<u8>,
+    /// Where each record ends in `data`.
+    pub ends: Vec<usize>,
+}
+
+impl EncodedGroup {
+    /// Appends one record with `write`, which adds its bytes to the buffer.
+    pub fn push_with<E>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        write(&mut self.data)?;
+        self.ends.push(self.data.len());
+        Ok(())
+    }
+
+    /// The records, in order.
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(start, end)| &self.data[start..end])
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
 }
 
 impl PushBatch {
     /// Number of records (not counting DLQ entries).
     pub fn record_count(&self) -> usize {
-        self.groups.iter().map(|(_, r)| r.len()).sum()
+        match &self.encoded {
+            Some(encoded) => encoded.iter().map(EncodedGroup::len).sum(),
+            None => self.groups.iter().map(|(_, r)| r.len()).sum(),
+        }
     }
 }

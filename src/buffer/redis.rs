@@ -26,7 +26,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use redis::{Client, Connection, RedisError, Script};
 
-use super::{Buffer, DlqEntry, PushBatch, Record, RecoveryItem};
+use super::{Buffer, DlqEntry, EncodedGroup, PushBatch, Record, RecoveryItem};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::record::Log;
@@ -46,22 +46,39 @@ const RENEW_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0";
 
+/// Connections kept open at most: the pushing thread, the flush workers and the lock
+/// renewal each get one when they run at the same time (so a big `LRANGE` being parsed on
+/// one does not stall a push on another). Opened on demand.
+const POOL: usize = 4;
+
 struct Shared {
     client: Client,
-    conn: Mutex<Option<Connection>>,
+    conns: Vec<Mutex<Option<Connection>>>,
+    /// Round-robin start when every connection is busy.
+    next: std::sync::atomic::AtomicUsize,
     timeout: Duration,
     describe: String,
 }
 
 impl Shared {
-    /// Runs `f` on the connection, connecting first when needed; an I/O failure drops the
-    /// connection so the next call reconnects.
+    /// Runs `f` on a free connection of the pool (waiting for one when all are busy),
+    /// connecting first when needed; an I/O failure drops the connection so the next call
+    /// reconnects.
     fn with_conn<T>(
         &self,
         what: &str,
         f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
-        let mut guard = self.conn.lock();
+        // Prefer a free open connection, then a free slot, then wait in turn.
+        let mut guard = self
+            .conns
+            .iter()
+            .filter_map(|c| c.try_lock())
+            .min_by_key(|g| g.is_none())
+            .unwrap_or_else(|| {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+                self.conns[i].lock()
+            });
         if guard.is_none() {
             let conn = self
                 .client
@@ -178,7 +195,8 @@ impl RedisBuffer {
         });
         let shared = Arc::new(Shared {
             client,
-            conn: Mutex::new(None),
+            conns: (0..POOL).map(|_| Mutex::new(None)).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
             timeout,
             describe: describe.clone(),
         });
@@ -322,25 +340,34 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 }
 
 /// Records are serialised with sonic-rs (SIMD string escaping): on the benchmark's records
-/// it is about three times faster than serde_json, and the output is the same JSON.
-fn record_json(log: &Log) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(log.estimated_size());
-    sonic_rs::to_writer(&mut out, log)
-        .map(|()| out)
-        .map_err(|e| Error::Buffer(format!("serialising for Redis: {e}")))
-}
-
-fn encode_groups(groups: &[(String, Vec<Record>)]) -> Result<Arc<Vec<Vec<Vec<u8>>>>> {
+/// it is about three times faster than serde_json, and the output is the same JSON. A
+/// group's records go into one buffer (one allocation per group, not per record).
+fn encode_groups(groups: &[(String, Vec<Record>)]) -> Result<Arc<Vec<EncodedGroup>>> {
     let encoded = groups
         .iter()
-        .map(|(_, records)| records.iter().map(|r| record_json(r)).collect())
-        .collect::<Result<Vec<Vec<Vec<u8>>>>>()?;
+        .map(|(_, records)| {
+            let mut group = EncodedGroup {
+                data: Vec::with_capacity(records.len() * 1536),
+                ends: Vec::with_capacity(records.len()),
+            };
+            for r in records {
+                group
+                    .push_with(|out| sonic_rs::to_writer(out, &**r))
+                    .map_err(|e| Error::Buffer(format!("serialising for Redis: {e}")))?;
+            }
+            Ok(group)
+        })
+        .collect::<Result<Vec<EncodedGroup>>>()?;
     Ok(Arc::new(encoded))
 }
 
 impl Buffer for RedisBuffer {
     fn encode(&self, batch: &mut PushBatch) -> Result<()> {
         batch.encoded = Some(encode_groups(&batch.groups)?);
+        // Only the encoding is pushed: free the records here, on the thread that made them.
+        for (_, records) in &mut batch.groups {
+            records.clear();
+        }
         Ok(())
     }
 
@@ -351,8 +378,8 @@ impl Buffer for RedisBuffer {
         };
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for ((key, _), records) in batch.groups.iter().zip(encoded.iter()) {
-            pipe.rpush(self.data_key(key), records);
+        for ((key, _), group) in batch.groups.iter().zip(encoded.iter()) {
+            pipe.rpush(self.data_key(key), group.records().collect::<Vec<&[u8]>>());
             pipe.sadd(&self.keys_key, key).ignore();
             pipe.cmd("SET")
                 .arg(self.epoch_key(key))
