@@ -9,8 +9,7 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, ListBuilder, MapBuilder, MapFieldNames, StringArray,
-    StringBuilder,
+    Array, ArrayRef, BooleanArray, ListBuilder, MapBuilder, MapFieldNames, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -140,12 +139,25 @@ pub fn log_schema() -> SchemaRef {
         .clone()
 }
 
+// String columns are built with their exact byte size reserved up front (one cheap pass
+// over the lengths), so the value buffer never regrows and copies.
+
 fn required(records: &[Record], f: impl Fn(&crate::record::Log) -> &str) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(records.iter().map(|r| f(r))))
+    let bytes = records.iter().map(|r| f(r).len()).sum();
+    let mut b = StringBuilder::with_capacity(records.len(), bytes);
+    for r in records {
+        b.append_value(f(r));
+    }
+    Arc::new(b.finish())
 }
 
 fn optional(records: &[Record], f: impl Fn(&crate::record::Log) -> Option<&str>) -> ArrayRef {
-    Arc::new(StringArray::from_iter(records.iter().map(|r| f(r))))
+    let bytes = records.iter().map(|r| f(r).map_or(0, str::len)).sum();
+    let mut b = StringBuilder::with_capacity(records.len(), bytes);
+    for r in records {
+        b.append_option(f(r));
+    }
+    Arc::new(b.finish())
 }
 
 fn boolean(records: &[Record], f: impl Fn(&crate::record::Log) -> Option<bool>) -> ArrayRef {
