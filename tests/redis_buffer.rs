@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use data2parquet::buffer::redis::RedisBuffer;
-use data2parquet::buffer::{Buffer, DlqEntry, PushBatch, Record, RecoveryItem};
+use data2parquet::buffer::{Buffer, DLQ_LOCK, DlqEntry, PushBatch, Record, RecoveryItem};
 use data2parquet::clock::SystemClock;
 use data2parquet::receiver::Background;
 use data2parquet::writer::file::FileWriter;
@@ -195,6 +195,71 @@ fn a_crashed_owners_lock_expires_and_a_held_lock_is_renewed() {
         assert!(Instant::now() < deadline, "the lock never expired");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn instances_take_turns_draining_the_dlq() {
+    let redis = common::start_redis(&common::RedisOptions::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = RedisBuffer::connect(&config(
+        &redis.addr(),
+        dir.path(),
+        &[("RedisLockInstanceName", "a")],
+    ))
+    .expect("a");
+    let other = RedisBuffer::connect(&config(
+        &redis.addr(),
+        dir.path(),
+        &[("RedisLockInstanceName", "b")],
+    ))
+    .expect("b");
+    let b = receiver(config(
+        &redis.addr(),
+        dir.path(),
+        &[("RedisLockInstanceName", "b")],
+    ));
+    let entries: Vec<DlqEntry> = (0..3)
+        .map(|i| DlqEntry {
+            key: "cap:d:s:a".into(),
+            reason: format!("broken {i}"),
+            raw: format!("{{bad {i}"),
+            time: "2024-05-01T10:00:00Z".into(),
+        })
+        .collect();
+    a.push(PushBatch {
+        groups: Vec::new(),
+        dlq: entries.clone(),
+        encoded: None,
+    })
+    .expect("push");
+    // a is draining the DLQ: b neither writes nor trims those entries meanwhile.
+    assert!(a.try_lock(DLQ_LOCK).expect("lock"));
+    b.flush().expect("flush");
+    assert!(common::files_with_ext(dir.path(), "ndjson").is_empty());
+    let refused = other
+        .clear_dlq(3)
+        .expect_err("another instance holds the DLQ lock");
+    assert!(refused.to_string().contains("DLQ lock"), "{refused}");
+    assert_eq!(a.get_dlq(10).expect("get"), entries);
+    // The holder may trim; once it lets go, b drains what is left.
+    a.clear_dlq(1).expect("holder clears");
+    a.unlock(DLQ_LOCK).expect("unlock");
+    b.flush().expect("flush");
+    assert!(a.get_dlq(10).expect("get").is_empty());
+    let files = common::files_with_ext(dir.path(), "ndjson");
+    let written: Vec<String> = files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .expect("read")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert!(written[0].contains("broken 1") && written[1].contains("broken 2"));
+    b.close().expect("close");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use data2parquet::buffer::DlqEntry;
+use data2parquet::buffer::{Buffer, DLQ_LOCK, DlqEntry};
 use data2parquet::record::decode_json_line;
 use data2parquet::{Config, Error, Receiver};
 
@@ -91,6 +91,21 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Waits (up to a minute) for the DLQ lock, which a running instance holds only while it
+/// writes DLQ files, so replay and that instance never trim each other's entries.
+fn take_dlq_lock(buffer: &dyn Buffer) -> data2parquet::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !buffer.try_lock(DLQ_LOCK)? {
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Buffer(
+                "another instance has held the DLQ lock for a minute; try again later".into(),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 /// Decodes entries again: (records that now decode, entries that still fail).
 fn redecode(
     receiver: &Receiver,
@@ -129,9 +144,17 @@ fn run(args: &Args) -> data2parquet::Result<()> {
         What::Dlq {
             action: DlqAction::Replay { files },
         } => {
+            // Its own lock identity, so a service on this host is not mistaken for us.
+            let mut config = config;
+            config.redis_lock_instance_name = format!(
+                "{}-d2p-admin-{}",
+                config.redis_lock_instance_name,
+                std::process::id()
+            );
             let buffer = data2parquet::build_buffer(&config)?;
             let receiver = Receiver::from_config(config)?;
             let (entries, from_buffer) = if files.is_empty() {
+                take_dlq_lock(&*buffer)?;
                 let entries = buffer.get_dlq(usize::MAX)?;
                 let n = entries.len();
                 (entries, Some(n))
@@ -160,7 +183,11 @@ fn run(args: &Args) -> data2parquet::Result<()> {
             let (ok, still) = (records.len(), failing.len());
             receiver.push(records, failing)?;
             if let Some(n) = from_buffer {
-                buffer.clear_dlq(n)?;
+                let cleared = buffer.clear_dlq(n);
+                if let Err(e) = buffer.unlock(DLQ_LOCK) {
+                    log::warn!("releasing the DLQ lock failed: {e}; it will expire by itself");
+                }
+                cleared?;
             }
             receiver.close()?;
             println!(

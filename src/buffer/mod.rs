@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::record::Log;
 
+/// The lock name ([`Buffer::try_lock`]) that serialises draining the dead-letter queue
+/// across instances sharing a buffer: whoever holds it reads, writes and trims the DLQ
+/// head, so two drainers never trim each other's entries. Partition keys always contain
+/// `:`, so it cannot clash with one.
+pub const DLQ_LOCK: &str = "__dlq__";
+
 /// A buffered record. Shared, so a flush can read records without copying them.
 pub type Record = Arc<Log>;
 
@@ -110,7 +116,8 @@ pub trait Buffer: Send + Sync {
     fn keys(&self) -> Result<Vec<String>>;
     /// The oldest `max` dead-letter entries, without removing them.
     fn get_dlq(&self, max: usize) -> Result<Vec<DlqEntry>>;
-    /// Removes the oldest `count` dead-letter entries (after they were written).
+    /// Removes the oldest `count` dead-letter entries (after they were written). Refused
+    /// when another instance holds [`DLQ_LOCK`] (it is draining the same entries).
     fn clear_dlq(&self, count: usize) -> Result<()>;
     /// Keeps data whose write failed.
     fn push_recovery(&self, item: RecoveryItem) -> Result<()>;

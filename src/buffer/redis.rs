@@ -38,6 +38,12 @@ redis.call('INCRBY', KEYS[3], ARGV[1])
 if redis.call('LLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 return 1";
 
+const CLEAR_DLQ_SCRIPT: &str = r"
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[2] then return 0 end
+redis.call('LTRIM', KEYS[1], ARGV[1], -1)
+return 1";
+
 const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
@@ -143,6 +149,7 @@ pub struct RedisBuffer {
     renewer: Mutex<Option<JoinHandle<()>>>,
     ready: AtomicBool,
     clear_script: Script,
+    clear_dlq_script: Script,
     unlock_script: Script,
 }
 
@@ -225,6 +232,7 @@ impl RedisBuffer {
             renewer: Mutex::new(None),
             ready: AtomicBool::new(true),
             clear_script: Script::new(CLEAR_SCRIPT),
+            clear_dlq_script: Script::new(CLEAR_DLQ_SCRIPT),
             unlock_script: Script::new(UNLOCK_SCRIPT),
         };
         buffer.start_renewer()?;
@@ -478,13 +486,22 @@ impl Buffer for RedisBuffer {
     }
 
     fn clear_dlq(&self, count: usize) -> Result<()> {
-        self.shared.with_conn("clearing the DLQ in", |c| {
-            redis::cmd("LTRIM")
-                .arg(&self.dlq_key)
+        let cleared = self.shared.with_conn("clearing the DLQ in", |c| {
+            self.clear_dlq_script
+                .key(&self.dlq_key)
+                .key(self.lock_key(super::DLQ_LOCK))
                 .arg(count)
-                .arg(-1)
-                .query::<()>(c)
-        })
+                .arg(&self.instance)
+                .invoke::<i64>(c)
+        })?;
+        if cleared == 1 {
+            Ok(())
+        } else {
+            Err(Error::Buffer(format!(
+                "another instance holds the DLQ lock `{}` and is draining the same entries; the DLQ was left as it is",
+                self.lock_key(super::DLQ_LOCK)
+            )))
+        }
     }
 
     fn push_recovery(&self, item: RecoveryItem) -> Result<()> {

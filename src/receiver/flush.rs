@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::{DLQ_BATCH, FlushReport, Inner, KeyClaim, Mode};
-use crate::buffer::{DlqEntry, PushBatch, Record, RecoveryItem};
+use crate::buffer::{DLQ_LOCK, DlqEntry, PushBatch, Record, RecoveryItem};
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::naming::{ObjectKind, object_name};
@@ -248,6 +248,19 @@ impl Inner {
             return Ok(());
         }
         let _serial = self.dlq_lock.lock();
+        // Instances sharing a Redis buffer take turns: the holder of the DLQ lock drains.
+        if !self.buffer.try_lock(DLQ_LOCK)? {
+            log::debug!("another instance is writing the DLQ; leaving it to that instance");
+            return Ok(());
+        }
+        let result = self.drain_dlq_locked();
+        if let Err(e) = self.buffer.unlock(DLQ_LOCK) {
+            log::warn!("releasing the DLQ lock failed: {e}; it will expire by itself");
+        }
+        result
+    }
+
+    fn drain_dlq_locked(&self) -> Result<()> {
         loop {
             let entries = self.buffer.get_dlq(DLQ_BATCH)?;
             if entries.is_empty() {
