@@ -9,7 +9,8 @@
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, ListBuilder, MapBuilder, MapFieldNames, StringBuilder,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, ListArray, ListBuilder, MapArray, MapBuilder,
+    MapFieldNames, StringArray, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -21,6 +22,7 @@ use parquet::schema::types::ColumnPath;
 use crate::buffer::Record;
 use crate::config::{Compression, Config};
 use crate::error::{Error, Result};
+use crate::record::{Log, StringMap};
 
 /// Columns whose values repeat a lot: dictionary-encoded when `WriterDictionary` is on.
 const DICTIONARY_COLUMNS: &[&str] = &[
@@ -102,14 +104,15 @@ fn map_names() -> MapFieldNames {
 }
 
 fn list_builder(capacity: usize) -> ListBuilder<StringBuilder> {
-    ListBuilder::with_capacity(StringBuilder::new(), capacity).with_field(list_field())
+    ListBuilder::with_capacity(StringBuilder::with_capacity(0, 0), capacity)
+        .with_field(list_field())
 }
 
 fn map_builder(capacity: usize) -> MapBuilder<StringBuilder, StringBuilder> {
     MapBuilder::with_capacity(
         Some(map_names()),
-        StringBuilder::new(),
-        StringBuilder::new(),
+        StringBuilder::with_capacity(0, 0),
+        StringBuilder::with_capacity(0, 0),
         capacity,
     )
     .with_values_field(Arc::new(Field::new("value", DataType::Utf8, true)))
@@ -139,111 +142,297 @@ pub fn log_schema() -> SchemaRef {
         .clone()
 }
 
-// String columns are built with their exact byte size reserved up front (one cheap pass
-// over the lengths), so the value buffer never regrows and copies.
+/// The 26 string columns of a record, in [`COLUMNS`] order (`None` = null).
+fn strings(l: &Log) -> [Option<&str>; 26] {
+    [
+        Some(&l.time),
+        Some(&l.level),
+        l.correlation_id.as_deref(),
+        l.session_id.as_deref(),
+        l.message_id.as_deref(),
+        l.person_id.as_deref(),
+        l.user_id.as_deref(),
+        l.device_id.as_deref(),
+        Some(&l.message),
+        Some(&l.business_capability),
+        Some(&l.business_domain),
+        Some(&l.business_service),
+        Some(&l.application_service),
+        l.resource_type.as_deref(),
+        l.cloud_provider.as_deref(),
+        l.source_id.as_deref(),
+        l.http_response.as_deref(),
+        l.error_code.as_deref(),
+        l.stack_trace.as_deref(),
+        l.duration.as_deref(),
+        l.region.as_deref(),
+        l.az.as_deref(),
+        l.transaction_message_reference.as_deref(),
+        l.ttl.as_deref(),
+        l.logger_name.as_deref(),
+        l.thread_name.as_deref(),
+    ]
+}
 
-fn required(records: &[Record], f: impl Fn(&crate::record::Log) -> &str) -> ArrayRef {
-    let bytes = records.iter().map(|r| f(r).len()).sum();
-    let mut b = StringBuilder::with_capacity(records.len(), bytes);
-    for r in records {
-        b.append_value(f(r));
+/// Where each of the 32 columns lives in [`LogColumns`], in [`COLUMNS`] order.
+#[derive(Clone, Copy)]
+enum Slot {
+    Str(usize),
+    Bool(usize),
+    List(usize),
+    Map(usize),
+}
+
+const LAYOUT: [Slot; 32] = {
+    use Slot::*;
+    [
+        Str(0),
+        Str(1),
+        Str(2),
+        Str(3),
+        Str(4),
+        Str(5),
+        Str(6),
+        Str(7),
+        Str(8),
+        Str(9),
+        Str(10),
+        Str(11),
+        Str(12),
+        Bool(0),
+        Str(13),
+        Str(14),
+        Str(15),
+        Str(16),
+        Str(17),
+        Str(18),
+        Str(19),
+        List(0),
+        Str(20),
+        Str(21),
+        List(1),
+        Map(0),
+        Str(22),
+        Str(23),
+        Bool(1),
+        Str(24),
+        Str(25),
+        Map(1),
+    ]
+};
+
+/// Records appended row by row into Arrow builders: the columnar form of a batch, used
+/// both to convert a list of records and by the memory buffer, which keeps each key's
+/// records this way (compact, and ready to encode without another copy).
+pub struct LogColumns {
+    strings: Vec<StringBuilder>,
+    bools: [BooleanBuilder; 2],
+    lists: [ListBuilder<StringBuilder>; 2],
+    maps: [MapBuilder<StringBuilder, StringBuilder>; 2],
+    rows: usize,
+}
+
+impl Default for LogColumns {
+    fn default() -> Self {
+        Self::new()
     }
-    Arc::new(b.finish())
 }
 
-fn optional(records: &[Record], f: impl Fn(&crate::record::Log) -> Option<&str>) -> ArrayRef {
-    let bytes = records.iter().map(|r| f(r).map_or(0, str::len)).sum();
-    let mut b = StringBuilder::with_capacity(records.len(), bytes);
-    for r in records {
-        b.append_option(f(r));
-    }
-    Arc::new(b.finish())
-}
-
-fn boolean(records: &[Record], f: impl Fn(&crate::record::Log) -> Option<bool>) -> ArrayRef {
-    Arc::new(BooleanArray::from_iter(records.iter().map(|r| f(r))))
-}
-
-fn list(records: &[Record], f: impl Fn(&crate::record::Log) -> Option<&Vec<String>>) -> ArrayRef {
-    let mut b = list_builder(records.len());
-    for r in records {
-        match f(r) {
-            Some(items) => {
-                for item in items {
-                    b.values().append_value(item);
-                }
-                b.append(true);
-            }
-            None => b.append(false),
+impl LogColumns {
+    /// Empty builders.
+    pub fn new() -> Self {
+        LogColumns {
+            // Start empty: the memory buffer keeps one of these per key.
+            strings: (0..26)
+                .map(|_| StringBuilder::with_capacity(0, 0))
+                .collect(),
+            bools: [
+                BooleanBuilder::with_capacity(0),
+                BooleanBuilder::with_capacity(0),
+            ],
+            lists: [list_builder(0), list_builder(0)],
+            maps: [map_builder(0), map_builder(0)],
+            rows: 0,
         }
     }
-    Arc::new(b.finish())
-}
 
-fn map(
-    records: &[Record],
-    f: impl Fn(&crate::record::Log) -> Option<&crate::record::StringMap>,
-) -> Result<ArrayRef> {
-    let mut b = map_builder(records.len());
-    for r in records {
-        match f(r) {
-            Some(m) => {
+    /// Rows appended since the last [`LogColumns::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row was appended since the last [`LogColumns::finish`].
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The bytes a record takes in columnar form (its text plus offsets and validity):
+    /// what the memory buffer counts against `BufferMaxBytes`.
+    pub fn row_bytes(l: &Log) -> usize {
+        let text: usize = strings(l).iter().map(|v| v.map_or(0, str::len)).sum();
+        let lists: usize = [&l.trace_ip, &l.tags]
+            .iter()
+            .filter_map(|v| v.as_ref())
+            .flatten()
+            .map(|item| item.len() + 4)
+            .sum();
+        let maps: usize = [&l.args, &l.extra_fields]
+            .iter()
+            .filter_map(|v| v.as_ref())
+            .flatten()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum();
+        26 * 4 + 32 + text + lists + maps
+    }
+
+    /// Appends one record.
+    pub fn append(&mut self, l: &Log) {
+        for (b, v) in self.strings.iter_mut().zip(strings(l)) {
+            b.append_option(v);
+        }
+        self.bools[0].append_option(l.audit);
+        self.bools[1].append_option(l.auto_index);
+        for (b, v) in self.lists.iter_mut().zip([&l.trace_ip, &l.tags]) {
+            match v {
+                Some(items) => {
+                    for item in items {
+                        b.values().append_value(item);
+                    }
+                    b.append(true);
+                }
+                None => b.append(false),
+            }
+        }
+        for (b, v) in self.maps.iter_mut().zip([&l.args, &l.extra_fields]) {
+            if let Some(m) = v {
                 for (k, v) in m {
                     b.keys().append_value(k);
                     b.values().append_value(v);
                 }
-                b.append(true)
             }
-            None => b.append(false),
+            // Cannot fail: every key appended above has its value.
+            let _ = b.append(v.is_some());
         }
-        .map_err(|e| Error::Encode {
+        self.rows += 1;
+    }
+
+    /// The rows appended so far as one Arrow batch; the builders start over empty.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = LAYOUT
+            .iter()
+            .map(|slot| -> ArrayRef {
+                match *slot {
+                    Slot::Str(i) => Arc::new(self.strings[i].finish()),
+                    Slot::Bool(i) => Arc::new(self.bools[i].finish()),
+                    Slot::List(i) => Arc::new(self.lists[i].finish()),
+                    Slot::Map(i) => Arc::new(self.maps[i].finish()),
+                }
+            })
+            .collect();
+        self.rows = 0;
+        RecordBatch::try_new(log_schema(), columns).map_err(|e| Error::Encode {
             key: String::new(),
             reason: e.to_string(),
-        })?;
+        })
     }
-    Ok(Arc::new(b.finish()))
 }
 
 /// Builds the Arrow batch for `records`.
 pub fn to_record_batch(records: &[Record]) -> Result<RecordBatch> {
-    let columns: Vec<ArrayRef> = vec![
-        required(records, |r| &r.time),
-        required(records, |r| &r.level),
-        optional(records, |r| r.correlation_id.as_deref()),
-        optional(records, |r| r.session_id.as_deref()),
-        optional(records, |r| r.message_id.as_deref()),
-        optional(records, |r| r.person_id.as_deref()),
-        optional(records, |r| r.user_id.as_deref()),
-        optional(records, |r| r.device_id.as_deref()),
-        required(records, |r| &r.message),
-        required(records, |r| &r.business_capability),
-        required(records, |r| &r.business_domain),
-        required(records, |r| &r.business_service),
-        required(records, |r| &r.application_service),
-        boolean(records, |r| r.audit),
-        optional(records, |r| r.resource_type.as_deref()),
-        optional(records, |r| r.cloud_provider.as_deref()),
-        optional(records, |r| r.source_id.as_deref()),
-        optional(records, |r| r.http_response.as_deref()),
-        optional(records, |r| r.error_code.as_deref()),
-        optional(records, |r| r.stack_trace.as_deref()),
-        optional(records, |r| r.duration.as_deref()),
-        list(records, |r| r.trace_ip.as_ref()),
-        optional(records, |r| r.region.as_deref()),
-        optional(records, |r| r.az.as_deref()),
-        list(records, |r| r.tags.as_ref()),
-        map(records, |r| r.args.as_ref())?,
-        optional(records, |r| r.transaction_message_reference.as_deref()),
-        optional(records, |r| r.ttl.as_deref()),
-        boolean(records, |r| r.auto_index),
-        optional(records, |r| r.logger_name.as_deref()),
-        optional(records, |r| r.thread_name.as_deref()),
-        map(records, |r| r.extra_fields.as_ref())?,
-    ];
-    RecordBatch::try_new(log_schema(), columns).map_err(|e| Error::Encode {
+    let mut columns = LogColumns::new();
+    for r in records {
+        columns.append(r);
+    }
+    columns.finish()
+}
+
+/// Reads the rows of a Log batch (as made by [`LogColumns`]) back into records.
+pub fn logs_from_batch(batch: &RecordBatch) -> Result<Vec<Log>> {
+    let bad = |what: &str| Error::Encode {
         key: String::new(),
-        reason: e.to_string(),
-    })
+        reason: format!("not a Log batch: column {what}"),
+    };
+    if batch.num_columns() != LAYOUT.len() {
+        return Err(bad("count"));
+    }
+    let mut strs: Vec<&StringArray> = Vec::with_capacity(26);
+    let mut bools: Vec<&BooleanArray> = Vec::with_capacity(2);
+    let mut lists: Vec<&ListArray> = Vec::with_capacity(2);
+    let mut maps: Vec<&MapArray> = Vec::with_capacity(2);
+    for (slot, (col, name)) in LAYOUT.iter().zip(batch.columns().iter().zip(COLUMNS)) {
+        let any = col.as_any();
+        match slot {
+            Slot::Str(_) => strs.push(any.downcast_ref().ok_or_else(|| bad(name))?),
+            Slot::Bool(_) => bools.push(any.downcast_ref().ok_or_else(|| bad(name))?),
+            Slot::List(_) => lists.push(any.downcast_ref().ok_or_else(|| bad(name))?),
+            Slot::Map(_) => maps.push(any.downcast_ref().ok_or_else(|| bad(name))?),
+        }
+    }
+    let text = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
+    let req = |a: &StringArray, i: usize| text(a, i).unwrap_or_default();
+    let flag = |a: &BooleanArray, i: usize| a.is_valid(i).then(|| a.value(i));
+    let list = |a: &ListArray, i: usize| -> Option<Vec<String>> {
+        if !a.is_valid(i) {
+            return None;
+        }
+        let values = a.value(i);
+        let values = values.as_any().downcast_ref::<StringArray>()?;
+        Some(
+            (0..values.len())
+                .map(|j| values.value(j).to_string())
+                .collect(),
+        )
+    };
+    let map = |a: &MapArray, i: usize| -> Option<StringMap> {
+        if !a.is_valid(i) {
+            return None;
+        }
+        let entries = a.value(i);
+        let keys = entries.column(0).as_any().downcast_ref::<StringArray>()?;
+        let values = entries.column(1).as_any().downcast_ref::<StringArray>()?;
+        Some(
+            (0..keys.len())
+                .map(|j| (keys.value(j).to_string(), values.value(j).to_string()))
+                .collect(),
+        )
+    };
+    let s = &strs;
+    Ok((0..batch.num_rows())
+        .map(|i| Log {
+            time: req(s[0], i),
+            level: req(s[1], i),
+            correlation_id: text(s[2], i),
+            session_id: text(s[3], i),
+            message_id: text(s[4], i),
+            person_id: text(s[5], i),
+            user_id: text(s[6], i),
+            device_id: text(s[7], i),
+            message: req(s[8], i),
+            business_capability: req(s[9], i),
+            business_domain: req(s[10], i),
+            business_service: req(s[11], i),
+            application_service: req(s[12], i),
+            audit: flag(bools[0], i),
+            resource_type: text(s[13], i),
+            cloud_provider: text(s[14], i),
+            source_id: text(s[15], i),
+            http_response: text(s[16], i),
+            error_code: text(s[17], i),
+            stack_trace: text(s[18], i),
+            duration: text(s[19], i),
+            trace_ip: list(lists[0], i),
+            region: text(s[20], i),
+            az: text(s[21], i),
+            tags: list(lists[1], i),
+            args: map(maps[0], i),
+            transaction_message_reference: text(s[22], i),
+            ttl: text(s[23], i),
+            auto_index: flag(bools[1], i),
+            logger_name: text(s[24], i),
+            thread_name: text(s[25], i),
+            extra_fields: map(maps[1], i),
+        })
+        .collect())
 }
 
 /// Parquet writer settings derived from the configuration.
@@ -307,21 +496,40 @@ const SLICE_ROWS: usize = 8192;
 
 /// Encodes `records` (non-empty) as one Parquet file in memory.
 pub fn encode(records: &[Record], opts: &EncodeOptions) -> Result<Vec<u8>> {
+    let batches = records
+        .chunks(SLICE_ROWS)
+        .map(to_record_batch)
+        .collect::<Result<Vec<_>>>()?;
+    encode_batches(&batches, opts)
+}
+
+/// Encodes Log batches (together non-empty) as one Parquet file in memory. Big batches
+/// are handed to the writer in slices, which bounds its working memory.
+pub fn encode_batches(batches: &[RecordBatch], opts: &EncodeOptions) -> Result<Vec<u8>> {
     let enc_err = |e: parquet::errors::ParquetError| Error::Encode {
         key: String::new(),
         reason: e.to_string(),
     };
-    if records.is_empty() {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows == 0 {
         return Err(Error::Encode {
             key: String::new(),
             reason: "refusing to write an empty file".into(),
         });
     }
-    let mut writer = ArrowWriter::try_new(Vec::new(), log_schema(), Some(opts.properties()?))
-        .map_err(enc_err)?;
-    for slice in records.chunks(SLICE_ROWS) {
-        let batch = to_record_batch(slice)?;
-        writer.write(&batch).map_err(enc_err)?;
+    // About a third of the Arrow size once compressed: reserve it so the output does not
+    // regrow and copy.
+    let arrow_bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    let out = Vec::with_capacity(arrow_bytes / 3 + 4096);
+    let mut writer =
+        ArrowWriter::try_new(out, log_schema(), Some(opts.properties()?)).map_err(enc_err)?;
+    for batch in batches {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = SLICE_ROWS.min(batch.num_rows() - offset);
+            writer.write(&batch.slice(offset, len)).map_err(enc_err)?;
+            offset += len;
+        }
     }
     writer.into_inner().map_err(enc_err)
 }
@@ -394,6 +602,72 @@ mod tests {
             assert_eq!(back.schema(), log_schema());
             assert_eq!(back, &to_record_batch(&records).expect("batch"));
         }
+    }
+
+    #[test]
+    fn columns_read_back_as_the_same_records() {
+        let mut args = StringMap::new();
+        args.insert("host".into(), "h1".into());
+        let mut extra = StringMap::new();
+        extra.insert("nested".into(), "{\"a\":1}".into());
+        extra.insert("empty".into(), String::new());
+        let full = Log {
+            time: "2024-01-01T00:00:00Z".into(),
+            level: "warn".into(),
+            correlation_id: Some("c".into()),
+            session_id: Some("s".into()),
+            message_id: Some("m".into()),
+            person_id: Some("p".into()),
+            user_id: Some("u".into()),
+            device_id: Some("d".into()),
+            message: "ünï\ncode".into(),
+            business_capability: "cap".into(),
+            business_domain: "dom".into(),
+            business_service: "svc".into(),
+            application_service: "app".into(),
+            audit: Some(false),
+            resource_type: Some("rt".into()),
+            cloud_provider: Some("aws".into()),
+            source_id: Some("src".into()),
+            http_response: Some("200".into()),
+            error_code: Some("E1".into()),
+            stack_trace: Some("at x\nat y".into()),
+            duration: Some("12ms".into()),
+            trace_ip: Some(vec!["10.0.0.1".into(), "10.0.0.2".into()]),
+            region: Some("eu-west-1".into()),
+            az: Some("a".into()),
+            tags: Some(Vec::new()),
+            args: Some(args),
+            transaction_message_reference: Some("t".into()),
+            ttl: Some("30d".into()),
+            auto_index: Some(true),
+            logger_name: Some("l".into()),
+            thread_name: Some("main".into()),
+            extra_fields: Some(extra),
+        };
+        let records = vec![
+            full,
+            Log::default(),
+            Log {
+                message: "only".into(),
+                ..Log::default()
+            },
+        ];
+        let mut columns = LogColumns::new();
+        for r in &records {
+            columns.append(r);
+        }
+        assert_eq!(columns.len(), 3);
+        let batch = columns.finish().expect("finish");
+        assert!(columns.is_empty(), "finish starts over");
+        assert_eq!(batch.schema(), log_schema());
+        assert_eq!(logs_from_batch(&batch).expect("read back"), records);
+        // A slice (as the memory buffer hands out) reads back its own rows.
+        assert_eq!(
+            logs_from_batch(&batch.slice(2, 1)).expect("slice"),
+            records[2..]
+        );
+        assert!(LogColumns::row_bytes(&records[0]) > LogColumns::row_bytes(&records[1]) + 100);
     }
 
     #[test]

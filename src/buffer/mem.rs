@@ -1,16 +1,58 @@
-//! The memory buffer (`BufferType = mem`): per-key queues in this process, bounded by
+//! The memory buffer (`BufferType = mem`): per-key records in this process, bounded by
 //! `BufferMaxBytes`. Fast; lost if the process dies (use Redis for durability).
+//!
+//! Records are kept columnar: a push appends each record to its key's Arrow builders (and
+//! frees the record on the pushing thread); a flush seals the builders into a batch and
+//! encodes it as it is. That is about half the memory of keeping the records themselves
+//! (no per-string allocations) and saves the flush a copy.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
+use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 
-use super::{Buffer, DlqEntry, PushBatch, Record, RecoveryItem};
+use super::{Buffer, Columnar, DlqEntry, PushBatch, Record, RecoveryItem};
+use crate::convert::{LogColumns, logs_from_batch};
 use crate::error::{Error, Result};
+use crate::record::Hour;
+
+/// Sealed rows of a key: a batch, each row's hour and counted size.
+struct Sealed {
+    batch: RecordBatch,
+    hours: Vec<Option<Hour>>,
+    sizes: Vec<u32>,
+}
+
+/// One key's rows: sealed batches (oldest first), then rows still in the builders.
+#[derive(Default)]
+struct KeyData {
+    sealed: VecDeque<Sealed>,
+    active: LogColumns,
+    active_hours: Vec<Option<Hour>>,
+    active_sizes: Vec<u32>,
+    rows: usize,
+}
+
+impl KeyData {
+    /// Moves the rows in the builders into a sealed batch.
+    fn seal(&mut self) -> Result<()> {
+        if self.active.is_empty() {
+            return Ok(());
+        }
+        let batch = self.active.finish()?;
+        self.sealed.push_back(Sealed {
+            batch,
+            hours: std::mem::take(&mut self.active_hours),
+            sizes: std::mem::take(&mut self.active_sizes),
+        });
+        Ok(())
+    }
+}
 
 #[derive(Default)]
 struct State {
-    keys: HashMap<String, VecDeque<(Record, usize)>>,
+    keys: HashMap<String, KeyData>,
     dlq: VecDeque<DlqEntry>,
     recovery: Vec<RecoveryItem>,
     bytes: usize,
@@ -23,7 +65,7 @@ pub struct MemBuffer {
 }
 
 impl MemBuffer {
-    /// A buffer that refuses pushes beyond `max_bytes` of estimated record size.
+    /// A buffer that refuses pushes beyond `max_bytes` of counted record size.
     pub fn new(max_bytes: usize) -> Self {
         MemBuffer {
             state: Mutex::new(State::default()),
@@ -34,29 +76,30 @@ impl MemBuffer {
 
 impl Buffer for MemBuffer {
     fn push(&self, batch: PushBatch) -> Result<Vec<usize>> {
-        let sized: Vec<(String, Vec<(Record, usize)>)> = batch
+        // Sizes and hours are worked out before taking the lock.
+        let rows: Vec<(Vec<u32>, Vec<Option<Hour>>)> = batch
             .groups
-            .into_iter()
-            .map(|(key, records)| {
-                let with_sizes = records
-                    .into_iter()
+            .iter()
+            .map(|(_, records)| {
+                records
+                    .iter()
                     .map(|r| {
-                        let size = r.estimated_size();
-                        (r, size)
+                        let size = LogColumns::row_bytes(r).min(u32::MAX as usize) as u32;
+                        (size, r.parsed_time().map(Hour::of))
                     })
-                    .collect();
-                (key, with_sizes)
+                    .unzip()
             })
             .collect();
-        let added: usize = sized
+        let added: usize = rows
             .iter()
-            .flat_map(|(_, rs)| rs.iter().map(|(_, s)| *s))
+            .flat_map(|(sizes, _)| sizes.iter().map(|s| *s as usize))
             .sum::<usize>()
             + batch
                 .dlq
                 .iter()
                 .map(DlqEntry::estimated_size)
                 .sum::<usize>();
+        let PushBatch { groups, dlq, .. } = batch;
         let mut st = self.state.lock();
         // A batch larger than half the bound is taken once the buffer is at most half full
         // (where flushing under pressure brings it), and an empty buffer takes any batch:
@@ -70,49 +113,94 @@ impl Buffer for MemBuffer {
             });
         }
         st.bytes += added;
-        st.dlq.extend(batch.dlq);
-        let mut lens = Vec::with_capacity(sized.len());
-        for (key, records) in sized {
-            let queue = st.keys.entry(key).or_default();
-            queue.extend(records);
-            lens.push(queue.len());
+        st.dlq.extend(dlq);
+        let mut lens = Vec::with_capacity(groups.len());
+        for ((key, records), (sizes, hours)) in groups.iter().zip(rows) {
+            let data = st.keys.entry(key.clone()).or_default();
+            for r in records {
+                data.active.append(r);
+            }
+            data.active_sizes.extend(sizes);
+            data.active_hours.extend(hours);
+            data.rows += records.len();
+            lens.push(data.rows);
         }
+        drop(st);
+        // The records themselves are freed here, on the pushing thread, after the lock.
+        drop(groups);
         Ok(lens)
     }
 
+    fn get_columnar(&self, key: &str, max: usize) -> Result<Option<Vec<Columnar>>> {
+        let mut st = self.state.lock();
+        let Some(data) = st.keys.get_mut(key) else {
+            return Ok(Some(Vec::new()));
+        };
+        data.seal()?;
+        let mut out = Vec::new();
+        let mut left = max;
+        for s in &data.sealed {
+            if left == 0 {
+                break;
+            }
+            let n = s.batch.num_rows().min(left);
+            out.push(Columnar {
+                batch: s.batch.slice(0, n),
+                hours: s.hours[..n].to_vec(),
+            });
+            left -= n;
+        }
+        Ok(Some(out))
+    }
+
     fn get(&self, key: &str, max: usize) -> Result<Vec<Record>> {
-        let st = self.state.lock();
-        Ok(st
-            .keys
-            .get(key)
-            .map(|q| q.iter().take(max).map(|(r, _)| r.clone()).collect())
-            .unwrap_or_default())
+        let mut records = Vec::new();
+        for part in self.get_columnar(key, max)?.unwrap_or_default() {
+            records.extend(logs_from_batch(&part.batch)?.into_iter().map(Arc::new));
+        }
+        Ok(records)
     }
 
     fn clear(&self, key: &str, count: usize) -> Result<()> {
-        // Take the records out under the lock, free them after it: freeing thousands of
-        // records is slow and must not block pushes.
-        let drained: Vec<(Record, usize)> = {
+        // Take the data out under the lock, free it after: freeing must not block pushes.
+        let mut freed = Vec::new();
+        {
             let mut st = self.state.lock();
-            let mut drained = Vec::new();
+            let mut released = 0usize;
             let mut now_empty = false;
-            if let Some(q) = st.keys.get_mut(key) {
-                let n = count.min(q.len());
-                drained.extend(q.drain(..n));
-                now_empty = q.is_empty();
+            if let Some(data) = st.keys.get_mut(key) {
+                data.seal()?;
+                let mut left = count.min(data.rows);
+                data.rows -= left;
+                while left > 0 {
+                    let Some(front) = data.sealed.front_mut() else {
+                        break;
+                    };
+                    let n = front.batch.num_rows();
+                    if n <= left {
+                        released += front.sizes.iter().map(|s| *s as usize).sum::<usize>();
+                        left -= n;
+                        freed.extend(data.sealed.pop_front());
+                    } else {
+                        released += front.sizes.drain(..left).map(|s| s as usize).sum::<usize>();
+                        front.hours.drain(..left);
+                        front.batch = front.batch.slice(left, n - left);
+                        left = 0;
+                    }
+                }
+                now_empty = data.rows == 0;
             }
             if now_empty {
                 st.keys.remove(key);
             }
-            st.bytes -= drained.iter().map(|(_, size)| size).sum::<usize>();
-            drained
-        };
-        drop(drained);
+            st.bytes -= released.min(st.bytes);
+        }
+        drop(freed);
         Ok(())
     }
 
     fn len(&self, key: &str) -> Result<usize> {
-        Ok(self.state.lock().keys.get(key).map_or(0, VecDeque::len))
+        Ok(self.state.lock().keys.get(key).map_or(0, |d| d.rows))
     }
 
     fn keys(&self) -> Result<Vec<String>> {
@@ -158,7 +246,7 @@ impl Buffer for MemBuffer {
     }
 
     fn total_len(&self) -> Result<usize> {
-        Ok(self.state.lock().keys.values().map(VecDeque::len).sum())
+        Ok(self.state.lock().keys.values().map(|d| d.rows).sum())
     }
 
     fn try_lock(&self, _key: &str) -> Result<bool> {
@@ -234,8 +322,36 @@ mod tests {
     }
 
     #[test]
+    fn clearing_part_of_a_sealed_batch_keeps_the_rest_in_order() {
+        let b = MemBuffer::new(1 << 30);
+        let names = |rs: Vec<Record>| rs.iter().map(|r| r.message.clone()).collect::<Vec<_>>();
+        b.push(one("k", ["a", "b", "c", "d", "e"].map(rec).to_vec()))
+            .expect("push");
+        // A flush reads three (sealing the five), more arrive, then it clears its three.
+        let parts = b.get_columnar("k", 3).expect("get").expect("columnar");
+        assert_eq!(parts.iter().map(|p| p.batch.num_rows()).sum::<usize>(), 3);
+        assert_eq!(parts[0].hours.len(), 3);
+        b.push(one("k", ["f", "g"].map(rec).to_vec()))
+            .expect("push");
+        let before = b.bytes_used();
+        b.clear("k", 3).expect("clear");
+        assert!(b.bytes_used() < before);
+        assert_eq!(b.len("k").expect("len"), 4);
+        assert_eq!(names(b.get("k", 10).expect("get")), ["d", "e", "f", "g"]);
+        b.clear("k", 4).expect("clear");
+        assert_eq!(b.bytes_used(), 0);
+        assert!(b.keys().expect("keys").is_empty());
+        assert!(
+            b.get_columnar("gone", 10)
+                .expect("get")
+                .expect("columnar")
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn memory_bound_refuses_with_retryable_error() {
-        let size = rec("x").estimated_size();
+        let size = LogColumns::row_bytes(&rec("x"));
         let b = MemBuffer::new(size * 3);
         b.push(one("k", vec![rec("x"), rec("x")])).expect("fits");
         let err = b
@@ -250,7 +366,7 @@ mod tests {
 
     #[test]
     fn a_batch_larger_than_the_bound_is_taken_once_half_is_free() {
-        let size = rec("x").estimated_size();
+        let size = LogColumns::row_bytes(&rec("x"));
         let b = MemBuffer::new(size * 4);
         b.push(one("small", vec![rec("x")])).expect("fits");
         // Six records never fit a bound of four; they must not wait for a fully empty

@@ -160,6 +160,12 @@ pub trait Buffer: Send + Sync {
     fn batch_id(&self, _key: &str, _records: &[Record]) -> Option<String> {
         None
     }
+    /// The oldest `max` records of `key` in columnar form, without removing them, when
+    /// the buffer keeps them that way (the memory buffer): the flush encodes them without
+    /// rebuilding them. `None` (the default): use [`Buffer::get`].
+    fn get_columnar(&self, _key: &str, _max: usize) -> Result<Option<Vec<Columnar>>> {
+        Ok(None)
+    }
     /// Encodes `batch` in this buffer's storage format ahead of [`Buffer::push`] (fills
     /// [`PushBatch::encoded`]). It is the CPU-heavy half of a push and needs no lock or
     /// connection, so callers may run it on other threads than the push itself. The
@@ -168,6 +174,16 @@ pub trait Buffer: Send + Sync {
     fn encode(&self, _batch: &mut PushBatch) -> Result<()> {
         Ok(())
     }
+}
+
+/// Records of one key in columnar form: Log rows as an Arrow batch, and each row's hour.
+#[derive(Debug, Clone)]
+pub struct Columnar {
+    /// The rows, in the Log schema ([`crate::convert::log_schema`]).
+    pub batch: arrow::record_batch::RecordBatch,
+    /// Each row's hour from its own `time`; `None` when that does not parse (the flush files
+    /// it under the arrival hour, as for records).
+    pub hours: Vec<Option<crate::record::Hour>>,
 }
 
 /// What one push adds: records grouped by partition key, plus dead-letter entries.

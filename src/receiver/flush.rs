@@ -3,15 +3,35 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use arrow::array::BooleanArray;
+use arrow::compute::filter_record_batch;
+use arrow::record_batch::RecordBatch;
+
 use super::{DLQ_BATCH, FlushReport, Inner, KeyClaim, Mode};
-use crate::buffer::{DLQ_LOCK, DlqEntry, PushBatch, Record, RecoveryItem};
+use crate::buffer::{Columnar, DLQ_LOCK, DlqEntry, PushBatch, Record, RecoveryItem};
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::naming::{ObjectKind, object_name};
 use crate::record::{Hour, format_time};
+
+/// One flush's worth of a key's records, as the buffer keeps them.
+enum Batch {
+    Rows(Vec<Record>),
+    Columns(Vec<Columnar>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Rows(records) => records.len(),
+            Batch::Columns(parts) => parts.iter().map(|p| p.batch.num_rows()).sum(),
+        }
+    }
+}
 
 impl Inner {
     /// Flushes every key, `FlushWorkers` keys at a time (each on its own short-lived
@@ -91,17 +111,24 @@ impl Inner {
     ) -> Result<()> {
         let size = self.config.buffer_size;
         loop {
-            let records = self.buffer.get(key, size)?;
-            let n = records.len();
+            let batch = match self.buffer.get_columnar(key, size)? {
+                Some(parts) => Batch::Columns(parts),
+                None => Batch::Rows(self.buffer.get(key, size)?),
+            };
+            let n = batch.len();
             if n == 0 || (mode == Mode::FullBatches && n < size) {
                 break;
             }
             let started = Instant::now();
-            let id = self
-                .buffer
-                .batch_id(key, &records)
-                .unwrap_or_else(|| ulid::Ulid::from_datetime(self.clock.now().into()).to_string());
-            self.write_batch(key, &id, records, report)?;
+            let id = match &batch {
+                Batch::Rows(records) => self.buffer.batch_id(key, records),
+                Batch::Columns(_) => None,
+            }
+            .unwrap_or_else(|| ulid::Ulid::from_datetime(self.clock.now().into()).to_string());
+            match batch {
+                Batch::Rows(records) => self.write_batch(key, &id, records, report)?,
+                Batch::Columns(parts) => self.write_columnar(key, &id, parts, report)?,
+            }
             self.buffer.clear(key, n)?;
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
             self.counters
@@ -139,44 +166,111 @@ impl Inner {
             by_hour.entry(hour).or_default().push(r);
         }
         for (hour, group) in by_hour {
-            let name = object_name(ObjectKind::Parquet, key, hour, id);
-            let (data, good) = match convert::encode(&group, &self.encode) {
-                Ok(data) => (data, group.len()),
-                Err(e) => {
-                    log::warn!(
-                        "encoding {} records of `{key}` failed: {e}; isolating the bad ones",
-                        group.len()
-                    );
-                    let (good, bad): (Vec<Record>, Vec<Record>) =
-                        group.into_iter().partition(|r| {
-                            convert::encode(std::slice::from_ref(r), &self.encode).is_ok()
-                        });
-                    let entries: Vec<DlqEntry> = bad
-                        .iter()
-                        .map(|r| DlqEntry {
-                            key: key.to_string(),
-                            reason: format!("parquet conversion failed: {e}"),
-                            raw: serde_json::to_string(&**r).unwrap_or_default(),
-                            time: format_time(now),
-                        })
-                        .collect();
-                    self.counters
-                        .records_dlq
-                        .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                    self.buffer.push(PushBatch {
-                        groups: Vec::new(),
-                        dlq: entries,
-                        encoded: None,
-                    })?;
-                    if good.is_empty() {
-                        continue;
-                    }
-                    (convert::encode(&good, &self.encode)?, good.len())
-                }
-            };
-            self.store(key, &name, data, good as u64, report)?;
+            self.write_hour(
+                key,
+                &object_name(ObjectKind::Parquet, key, hour, id),
+                group,
+                report,
+            )?;
         }
         Ok(())
+    }
+
+    /// Like [`Inner::write_batch`] for rows kept columnar (the memory buffer): each hour's
+    /// rows are encoded as they are; only if that fails are they read back as records to
+    /// isolate the bad ones.
+    pub(super) fn write_columnar(
+        &self,
+        key: &str,
+        id: &str,
+        parts: Vec<Columnar>,
+        report: &mut FlushReport,
+    ) -> Result<()> {
+        let fallback = Hour::of(self.clock.now());
+        let mut by_hour: BTreeMap<Hour, Vec<RecordBatch>> = BTreeMap::new();
+        for part in parts {
+            let hours: Vec<Hour> = part.hours.iter().map(|h| h.unwrap_or(fallback)).collect();
+            let Some(first) = hours.first().copied() else {
+                continue;
+            };
+            if hours.iter().all(|h| *h == first) {
+                by_hour.entry(first).or_default().push(part.batch);
+                continue;
+            }
+            let distinct: std::collections::BTreeSet<Hour> = hours.iter().copied().collect();
+            for hour in distinct {
+                let mask: BooleanArray = hours.iter().map(|h| Some(*h == hour)).collect();
+                let rows = filter_record_batch(&part.batch, &mask).map_err(|e| Error::Encode {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })?;
+                by_hour.entry(hour).or_default().push(rows);
+            }
+        }
+        for (hour, batches) in by_hour {
+            let name = object_name(ObjectKind::Parquet, key, hour, id);
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            match convert::encode_batches(&batches, &self.encode) {
+                Ok(data) => self.store(key, &name, data, rows as u64, report)?,
+                Err(e) => {
+                    log::warn!(
+                        "encoding {rows} rows of `{key}` failed: {e}; checking them one by one"
+                    );
+                    let mut records = Vec::with_capacity(rows);
+                    for b in &batches {
+                        records.extend(convert::logs_from_batch(b)?.into_iter().map(Arc::new));
+                    }
+                    self.write_hour(key, &name, records, report)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Converts and writes the records of one hour as the file `name`; records that cannot
+    /// be encoded go to the DLQ.
+    fn write_hour(
+        &self,
+        key: &str,
+        name: &str,
+        group: Vec<Record>,
+        report: &mut FlushReport,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let (data, good) = match convert::encode(&group, &self.encode) {
+            Ok(data) => (data, group.len()),
+            Err(e) => {
+                log::warn!(
+                    "encoding {} records of `{key}` failed: {e}; isolating the bad ones",
+                    group.len()
+                );
+                let (good, bad): (Vec<Record>, Vec<Record>) = group
+                    .into_iter()
+                    .partition(|r| convert::encode(std::slice::from_ref(r), &self.encode).is_ok());
+                let entries: Vec<DlqEntry> = bad
+                    .iter()
+                    .map(|r| DlqEntry {
+                        key: key.to_string(),
+                        reason: format!("parquet conversion failed: {e}"),
+                        raw: serde_json::to_string(&**r).unwrap_or_default(),
+                        time: format_time(now),
+                    })
+                    .collect();
+                self.counters
+                    .records_dlq
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                self.buffer.push(PushBatch {
+                    groups: Vec::new(),
+                    dlq: entries,
+                    encoded: None,
+                })?;
+                if good.is_empty() {
+                    return Ok(());
+                }
+                (convert::encode(&good, &self.encode)?, good.len())
+            }
+        };
+        self.store(key, name, data, good as u64, report)
     }
 
     /// Writes one file, or keeps it in the recovery bucket when the write fails.
