@@ -11,6 +11,7 @@ fn main() {
     let start = std::time::Instant::now();
     let mut n = 0usize;
     let mut bytes = 0usize;
+    let mut columnar = 0usize;
     let mut logs = Vec::with_capacity(1024);
     for line in data.split(|b| *b == b'\n') {
         if line.is_empty() {
@@ -18,6 +19,7 @@ fn main() {
         }
         let log = data2parquet::record::decode_json_bytes(line, String::new).expect("decode");
         bytes += log.estimated_size();
+        columnar += data2parquet::convert::LogColumns::row_bytes(&log);
         logs.push(log);
         if logs.len() == 1024 {
             n += logs.len();
@@ -27,10 +29,11 @@ fn main() {
     n += logs.len();
     let t = start.elapsed();
     println!(
-        "{n} records in {:.3} s ({:.0} MB/s), est {} MB",
+        "{n} records in {:.3} s ({:.0} MB/s), as records ~{} MB, columnar {} MB",
         t.as_secs_f64(),
         data.len() as f64 / 1e6 / t.as_secs_f64(),
-        bytes / 1_000_000
+        bytes / 1_000_000,
+        columnar / 1_000_000
     );
     let records: Vec<data2parquet::buffer::Record> = data
         .split(|b| *b == b'\n')
