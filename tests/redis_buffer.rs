@@ -29,6 +29,13 @@ fn config(redis: &str, out: &Path, extra: &[(&str, &str)]) -> Config {
     Config::from_pairs(pairs).expect("config")
 }
 
+/// A Redis buffer named `instance` (its lock identity), with `extra` settings.
+fn named(redis: &str, out: &Path, instance: &str, extra: &[(&str, &str)]) -> RedisBuffer {
+    let mut pairs = vec![("RedisLockInstanceName", instance)];
+    pairs.extend_from_slice(extra);
+    RedisBuffer::connect(&config(redis, out, &pairs)).expect(instance)
+}
+
 fn log(i: usize, key: usize) -> Log {
     Log {
         time: "2024-05-01T10:00:00Z".into(),
@@ -72,18 +79,8 @@ fn messages(out: &Path) -> HashMap<String, usize> {
 fn every_buffer_operation() {
     let redis = common::start_redis(&common::RedisOptions::default());
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = RedisBuffer::connect(&config(
-        &redis.addr(),
-        dir.path(),
-        &[("RedisLockInstanceName", "a")],
-    ))
-    .expect("a");
-    let b = RedisBuffer::connect(&config(
-        &redis.addr(),
-        dir.path(),
-        &[("RedisLockInstanceName", "b")],
-    ))
-    .expect("b");
+    let a = named(&redis.addr(), dir.path(), "a", &[]);
+    let b = named(&redis.addr(), dir.path(), "b", &[]);
     let recs: Vec<Record> = (0..5).map(|i| Arc::new(log(i, 1))).collect();
     let entry = DlqEntry {
         key: "k".into(),
@@ -172,18 +169,8 @@ fn a_crashed_owners_lock_expires_and_a_held_lock_is_renewed() {
     let redis = common::start_redis(&common::RedisOptions::default());
     let dir = tempfile::tempdir().expect("tempdir");
     let ttl = [("RedisLockTTL", "1")];
-    let a = RedisBuffer::connect(&config(
-        &redis.addr(),
-        dir.path(),
-        &[ttl[0], ("RedisLockInstanceName", "a")],
-    ))
-    .expect("a");
-    let b = RedisBuffer::connect(&config(
-        &redis.addr(),
-        dir.path(),
-        &[ttl[0], ("RedisLockInstanceName", "b")],
-    ))
-    .expect("b");
+    let a = named(&redis.addr(), dir.path(), "a", &ttl);
+    let b = named(&redis.addr(), dir.path(), "b", &ttl);
     assert!(a.try_lock("k").expect("lock"));
     // While a lives, its renewal thread keeps the 1 s lock alive well past the TTL.
     std::thread::sleep(Duration::from_millis(2500));
@@ -201,18 +188,8 @@ fn a_crashed_owners_lock_expires_and_a_held_lock_is_renewed() {
 fn instances_take_turns_draining_the_dlq() {
     let redis = common::start_redis(&common::RedisOptions::default());
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = RedisBuffer::connect(&config(
-        &redis.addr(),
-        dir.path(),
-        &[("RedisLockInstanceName", "a")],
-    ))
-    .expect("a");
-    let other = RedisBuffer::connect(&config(
-        &redis.addr(),
-        dir.path(),
-        &[("RedisLockInstanceName", "b")],
-    ))
-    .expect("b");
+    let a = named(&redis.addr(), dir.path(), "a", &[]);
+    let other = named(&redis.addr(), dir.path(), "b", &[]);
     let b = receiver(config(
         &redis.addr(),
         dir.path(),
