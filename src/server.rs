@@ -36,11 +36,20 @@ pub const RETRY_AFTER_SECONDS: u64 = 1;
 pub struct AppState {
     /// The engine.
     pub receiver: Arc<Receiver>,
+    /// Bounds the batch requests decoded at once (each on a blocking thread).
+    pub batch_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The router with every endpoint, limited to `max_body` bytes per request body.
 pub fn router(receiver: Arc<Receiver>, max_body: usize) -> Router {
-    let state = AppState { receiver };
+    // Decoding a batch takes milliseconds of CPU (and a Redis push waits on the network):
+    // it runs on blocking threads, one per core at most, so the async workers stay free
+    // for /healthcheck/ and /metrics and memory stays bounded under load.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let state = AppState {
+        receiver,
+        batch_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+    };
     Router::new()
         .route("/record/", post(record))
         .route("/record", post(record))
@@ -93,9 +102,25 @@ async fn records(State(st): State<AppState>, body: Bytes) -> Response {
             reason: "it is empty; send JSON Lines, a JSON array or {\"logs\": [...]}".into(),
         });
     }
+    // The semaphore is never closed, so acquiring only waits.
+    let Ok(_slot) = st.batch_slots.clone().acquire_owned().await else {
+        return error_response(&Error::Closed);
+    };
+    let receiver = st.receiver.clone();
+    match tokio::task::spawn_blocking(move || ingest_batch(&receiver, &body)).await {
+        Ok(response) => response,
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "error": format!("batch task failed: {e}") }),
+        ),
+    }
+}
+
+/// Decodes a batch body and pushes what decodes (rejected lines go to the DLQ).
+fn ingest_batch(receiver: &Receiver, body: &[u8]) -> Response {
     let mut logs = Vec::new();
     let mut rejected: Vec<Rejected> = Vec::new();
-    let read = read_input(&body[..], "request", 4096, &mut |l, r| {
+    let read = read_input(body, "request", 4096, &mut |l, r| {
         logs.extend(l);
         rejected.extend(r);
         Ok(())
@@ -109,12 +134,9 @@ async fn records(State(st): State<AppState>, body: Bytes) -> Response {
         .collect();
     let dlq = rejected
         .into_iter()
-        .map(|r| {
-            st.receiver
-                .dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw)
-        })
+        .map(|r| receiver.dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw))
         .collect();
-    match st.receiver.push(logs, dlq) {
+    match receiver.push(logs, dlq) {
         Ok(n) => json_response(
             StatusCode::OK,
             json!({ "accepted": n, "rejected": report.len(), "rejects": report }),
