@@ -10,7 +10,6 @@ fn main() {
     let data = std::fs::read(&path).expect("read");
     let start = std::time::Instant::now();
     let mut n = 0usize;
-    let mut bytes = 0usize;
     let mut columnar = 0usize;
     let mut logs = Vec::with_capacity(1024);
     for line in data.split(|b| *b == b'\n') {
@@ -18,7 +17,6 @@ fn main() {
             continue;
         }
         let log = data2parquet::record::decode_json_bytes(line, String::new).expect("decode");
-        bytes += log.estimated_size();
         columnar += data2parquet::convert::LogColumns::row_bytes(&log);
         logs.push(log);
         if logs.len() == 1024 {
@@ -29,10 +27,9 @@ fn main() {
     n += logs.len();
     let t = start.elapsed();
     println!(
-        "{n} records in {:.3} s ({:.0} MB/s), as records ~{} MB, columnar {} MB",
+        "{n} records in {:.3} s ({:.0} MB/s), {} MB in columnar form",
         t.as_secs_f64(),
         data.len() as f64 / 1e6 / t.as_secs_f64(),
-        bytes / 1_000_000,
         columnar / 1_000_000
     );
     let records: Vec<data2parquet::buffer::Record> = data

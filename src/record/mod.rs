@@ -84,20 +84,6 @@ pub struct Log {
     pub extra_fields: Option<StringMap>,
 }
 
-fn opt_len(s: &Option<String>) -> usize {
-    s.as_ref().map_or(0, |s| s.len() + 24)
-}
-
-fn map_len(m: &Option<StringMap>) -> usize {
-    m.as_ref()
-        .map_or(0, |m| m.iter().map(|(k, v)| k.len() + v.len() + 64).sum())
-}
-
-fn list_len(l: &Option<Vec<String>>) -> usize {
-    l.as_ref()
-        .map_or(0, |l| l.iter().map(|s| s.len() + 24).sum::<usize>() + 24)
-}
-
 impl Log {
     /// The partition key `capability:domain:service:application`; a missing capability
     /// becomes `default_capability`, any other missing part `unknown`.
@@ -114,48 +100,6 @@ impl Log {
         key.push(':');
         key.push_str(part(&self.application_service, "unknown"));
         key
-    }
-
-    /// An estimate of the heap bytes this record holds, for the memory bound.
-    pub fn estimated_size(&self) -> usize {
-        let strings = self.time.len()
-            + self.level.len()
-            + self.message.len()
-            + self.business_capability.len()
-            + self.business_domain.len()
-            + self.business_service.len()
-            + self.application_service.len();
-        let options = [
-            &self.correlation_id,
-            &self.session_id,
-            &self.message_id,
-            &self.person_id,
-            &self.user_id,
-            &self.device_id,
-            &self.resource_type,
-            &self.cloud_provider,
-            &self.source_id,
-            &self.http_response,
-            &self.error_code,
-            &self.stack_trace,
-            &self.duration,
-            &self.region,
-            &self.az,
-            &self.transaction_message_reference,
-            &self.ttl,
-            &self.logger_name,
-            &self.thread_name,
-        ]
-        .iter()
-        .map(|s| opt_len(s))
-        .sum::<usize>();
-        std::mem::size_of::<Log>()
-            + strings
-            + options
-            + list_len(&self.trace_ip)
-            + list_len(&self.tags)
-            + map_len(&self.args)
-            + map_len(&self.extra_fields)
     }
 
     /// Parses `time` as an instant: RFC 3339 (with `T` or a space), a naive
@@ -272,15 +216,5 @@ mod tests {
         assert_eq!(parse_time(""), None);
         let h = Hour::of(want.expect("valid"));
         assert_eq!((h.year, h.month, h.day, h.hour), (2024, 5, 1, 10));
-    }
-
-    #[test]
-    fn size_estimate_grows_with_content() {
-        let small = Log::default();
-        let big = Log {
-            message: "x".repeat(10_000),
-            ..Log::default()
-        };
-        assert!(big.estimated_size() >= small.estimated_size() + 10_000);
     }
 }
