@@ -347,6 +347,15 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::Buffer(format!("serialising for Redis: {e}")))
 }
 
+/// The answer of a script that trims only for the lock owner: `1` done, else refused.
+fn owner_checked(done: i64, refusal: impl FnOnce() -> String) -> Result<()> {
+    if done == 1 {
+        Ok(())
+    } else {
+        Err(Error::Buffer(refusal()))
+    }
+}
+
 /// Records are serialised with sonic-rs (SIMD string escaping): on the benchmark's records
 /// it is about three times faster than serde_json, and the output is the same JSON. A
 /// group's records go into one buffer (one allocation per group, not per record).
@@ -438,13 +447,11 @@ impl Buffer for RedisBuffer {
                 .arg(&self.instance)
                 .invoke::<i64>(c)
         })?;
-        if cleared == 1 {
-            Ok(())
-        } else {
-            Err(Error::Buffer(format!(
+        owner_checked(cleared, || {
+            format!(
                 "the flush lock of `{key}` expired and another instance took it; its records stay for that instance (the file just written will be replaced, not duplicated)"
-            )))
-        }
+            )
+        })
     }
 
     fn len(&self, key: &str) -> Result<usize> {
@@ -494,14 +501,12 @@ impl Buffer for RedisBuffer {
                 .arg(&self.instance)
                 .invoke::<i64>(c)
         })?;
-        if cleared == 1 {
-            Ok(())
-        } else {
-            Err(Error::Buffer(format!(
+        owner_checked(cleared, || {
+            format!(
                 "another instance holds the DLQ lock `{}` and is draining the same entries; the DLQ was left as it is",
                 self.lock_key(super::DLQ_LOCK)
-            )))
-        }
+            )
+        })
     }
 
     fn push_recovery(&self, item: RecoveryItem) -> Result<()> {
