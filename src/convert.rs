@@ -22,7 +22,7 @@ use parquet::schema::types::ColumnPath;
 use crate::buffer::Record;
 use crate::config::{Compression, Config};
 use crate::error::{Error, Result};
-use crate::record::{Log, StringMap};
+use crate::record::{Log, LogOf, StringMap};
 
 /// Columns whose values repeat a lot: dictionary-encoded when `WriterDictionary` is on.
 const DICTIONARY_COLUMNS: &[&str] = &[
@@ -143,34 +143,40 @@ pub fn log_schema() -> SchemaRef {
 }
 
 /// The 26 string columns of a record, in [`COLUMNS`] order (`None` = null).
-fn strings(l: &Log) -> [Option<&str>; 26] {
+fn strings<S: AsRef<str> + Ord>(l: &LogOf<S>) -> [Option<&str>; 26] {
+    fn some<S: AsRef<str>>(s: &S) -> Option<&str> {
+        Some(s.as_ref())
+    }
+    fn opt<S: AsRef<str>>(s: &Option<S>) -> Option<&str> {
+        s.as_ref().map(AsRef::as_ref)
+    }
     [
-        Some(&l.time),
-        Some(&l.level),
-        l.correlation_id.as_deref(),
-        l.session_id.as_deref(),
-        l.message_id.as_deref(),
-        l.person_id.as_deref(),
-        l.user_id.as_deref(),
-        l.device_id.as_deref(),
-        Some(&l.message),
-        Some(&l.business_capability),
-        Some(&l.business_domain),
-        Some(&l.business_service),
-        Some(&l.application_service),
-        l.resource_type.as_deref(),
-        l.cloud_provider.as_deref(),
-        l.source_id.as_deref(),
-        l.http_response.as_deref(),
-        l.error_code.as_deref(),
-        l.stack_trace.as_deref(),
-        l.duration.as_deref(),
-        l.region.as_deref(),
-        l.az.as_deref(),
-        l.transaction_message_reference.as_deref(),
-        l.ttl.as_deref(),
-        l.logger_name.as_deref(),
-        l.thread_name.as_deref(),
+        some(&l.time),
+        some(&l.level),
+        opt(&l.correlation_id),
+        opt(&l.session_id),
+        opt(&l.message_id),
+        opt(&l.person_id),
+        opt(&l.user_id),
+        opt(&l.device_id),
+        some(&l.message),
+        some(&l.business_capability),
+        some(&l.business_domain),
+        some(&l.business_service),
+        some(&l.application_service),
+        opt(&l.resource_type),
+        opt(&l.cloud_provider),
+        opt(&l.source_id),
+        opt(&l.http_response),
+        opt(&l.error_code),
+        opt(&l.stack_trace),
+        opt(&l.duration),
+        opt(&l.region),
+        opt(&l.az),
+        opt(&l.transaction_message_reference),
+        opt(&l.ttl),
+        opt(&l.logger_name),
+        opt(&l.thread_name),
     ]
 }
 
@@ -230,6 +236,8 @@ pub struct LogColumns {
     lists: [ListBuilder<StringBuilder>; 2],
     maps: [MapBuilder<StringBuilder, StringBuilder>; 2],
     rows: usize,
+    /// Bytes appended since the last finish (see [`LogColumns::text_bytes`]).
+    text: usize,
 }
 
 impl Default for LogColumns {
@@ -253,6 +261,7 @@ impl LogColumns {
             lists: [list_builder(0), list_builder(0)],
             maps: [map_builder(0), map_builder(0)],
             rows: 0,
+            text: 0,
         }
     }
 
@@ -268,26 +277,28 @@ impl LogColumns {
 
     /// The bytes a record takes in columnar form (its text plus offsets and validity):
     /// what the memory buffer counts against `BufferMaxBytes`.
-    pub fn row_bytes(l: &Log) -> usize {
+    pub fn row_bytes<S: AsRef<str> + Ord>(l: &LogOf<S>) -> usize {
         let text: usize = strings(l).iter().map(|v| v.map_or(0, str::len)).sum();
         let lists: usize = [&l.trace_ip, &l.tags]
             .iter()
             .filter_map(|v| v.as_ref())
             .flatten()
-            .map(|item| item.len() + 4)
+            .map(|item| item.as_ref().len() + 4)
             .sum();
         let maps: usize = [&l.args, &l.extra_fields]
             .iter()
             .filter_map(|v| v.as_ref())
             .flatten()
-            .map(|(k, v)| k.len() + v.len() + 8)
+            .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 8)
             .sum();
         26 * 4 + 32 + text + lists + maps
     }
 
-    /// Appends one record.
-    pub fn append(&mut self, l: &Log) {
+    /// Appends one record; returns its size as [`LogColumns::row_bytes`] counts it.
+    pub fn append<S: AsRef<str> + Ord>(&mut self, l: &LogOf<S>) -> usize {
+        let mut bytes = 26 * 4 + 32;
         for (b, v) in self.strings.iter_mut().zip(strings(l)) {
+            bytes += v.map_or(0, str::len);
             b.append_option(v);
         }
         self.bools[0].append_option(l.audit);
@@ -296,7 +307,8 @@ impl LogColumns {
             match v {
                 Some(items) => {
                     for item in items {
-                        b.values().append_value(item);
+                        bytes += item.as_ref().len() + 4;
+                        b.values().append_value(item.as_ref());
                     }
                     b.append(true);
                 }
@@ -306,14 +318,24 @@ impl LogColumns {
         for (b, v) in self.maps.iter_mut().zip([&l.args, &l.extra_fields]) {
             if let Some(m) = v {
                 for (k, v) in m {
-                    b.keys().append_value(k);
-                    b.values().append_value(v);
+                    bytes += k.as_ref().len() + v.as_ref().len() + 8;
+                    b.keys().append_value(k.as_ref());
+                    b.values().append_value(v.as_ref());
                 }
             }
             // Cannot fail: every key appended above has its value.
             let _ = b.append(v.is_some());
         }
         self.rows += 1;
+        self.text += bytes;
+        bytes
+    }
+
+    /// Bytes of text appended since the last [`LogColumns::finish`], over all columns: a
+    /// column's offsets overflow past `i32::MAX` bytes, so the memory buffer seals its
+    /// builders well before this reaches it.
+    pub fn text_bytes(&self) -> usize {
+        self.text
     }
 
     /// The rows appended so far as one Arrow batch; the builders start over empty.
@@ -330,6 +352,7 @@ impl LogColumns {
             })
             .collect();
         self.rows = 0;
+        self.text = 0;
         RecordBatch::try_new(log_schema(), columns).map_err(|e| Error::Encode {
             key: String::new(),
             reason: e.to_string(),
@@ -346,91 +369,218 @@ pub fn to_record_batch(records: &[Record]) -> Result<RecordBatch> {
     columns.finish()
 }
 
+/// The columns of a Log batch (as made by [`LogColumns`]), downcast once.
+pub struct LogArrays<'b> {
+    strs: Vec<&'b StringArray>,
+    bools: Vec<&'b BooleanArray>,
+    lists: Vec<&'b ListArray>,
+    maps: Vec<&'b MapArray>,
+    rows: usize,
+}
+
+impl<'b> LogArrays<'b> {
+    /// Views `batch`; fails when it is not in the Log schema.
+    pub fn new(batch: &'b RecordBatch) -> Result<Self> {
+        let bad = |what: &str| Error::Encode {
+            key: String::new(),
+            reason: format!("not a Log batch: column {what}"),
+        };
+        if batch.num_columns() != LAYOUT.len() {
+            return Err(bad("count"));
+        }
+        let mut a = LogArrays {
+            strs: Vec::with_capacity(26),
+            bools: Vec::with_capacity(2),
+            lists: Vec::with_capacity(2),
+            maps: Vec::with_capacity(2),
+            rows: batch.num_rows(),
+        };
+        for (slot, (col, name)) in LAYOUT.iter().zip(batch.columns().iter().zip(COLUMNS)) {
+            let any = col.as_any();
+            match slot {
+                Slot::Str(_) => a.strs.push(any.downcast_ref().ok_or_else(|| bad(name))?),
+                Slot::Bool(_) => a.bools.push(any.downcast_ref().ok_or_else(|| bad(name))?),
+                Slot::List(_) => a.lists.push(any.downcast_ref().ok_or_else(|| bad(name))?),
+                Slot::Map(_) => a.maps.push(any.downcast_ref().ok_or_else(|| bad(name))?),
+            }
+        }
+        // Lists and maps must hold strings (a batch built elsewhere might not).
+        for l in &a.lists {
+            l.values()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| bad("list values"))?;
+        }
+        for m in &a.maps {
+            for part in [m.keys(), m.values()] {
+                part.as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| bad("map entries"))?;
+            }
+        }
+        Ok(a)
+    }
+
+    fn text(&self, col: usize, i: usize) -> Option<&'b str> {
+        let a = self.strs[col];
+        a.is_valid(i).then(|| a.value(i))
+    }
+
+    fn flag(&self, col: usize, i: usize) -> Option<bool> {
+        let a = self.bools[col];
+        a.is_valid(i).then(|| a.value(i))
+    }
+
+    /// The items of list column `col` in row `i`.
+    fn list(&self, col: usize, i: usize) -> Option<impl Iterator<Item = &'b str> + use<'b>> {
+        let a = self.lists[col];
+        if !a.is_valid(i) {
+            return None;
+        }
+        let values = strings_of(a.values());
+        let offsets = a.value_offsets();
+        let range = offsets[i] as usize..offsets[i + 1] as usize;
+        Some(range.map(move |j| values.value(j)))
+    }
+
+    /// The entries of map column `col` in row `i`.
+    fn map(
+        &self,
+        col: usize,
+        i: usize,
+    ) -> Option<impl Iterator<Item = (&'b str, &'b str)> + use<'b>> {
+        let a = self.maps[col];
+        if !a.is_valid(i) {
+            return None;
+        }
+        let (keys, values) = (strings_of(a.keys()), strings_of(a.values()));
+        let offsets = a.value_offsets();
+        let range = offsets[i] as usize..offsets[i + 1] as usize;
+        Some(range.map(move |j| (keys.value(j), values.value(j))))
+    }
+}
+
+/// A string array checked by [`LogArrays::new`]; an empty one should that ever fail.
+fn strings_of(a: &ArrayRef) -> &StringArray {
+    static EMPTY: OnceLock<StringArray> = OnceLock::new();
+    a.as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap_or_else(|| EMPTY.get_or_init(|| StringArray::from(Vec::<&str>::new())))
+}
+
+impl LogColumns {
+    /// Appends `len` rows of `from` starting at row `start`: strings and flags in bulk (one
+    /// copy of each column's bytes), lists and maps row by row. The memory buffer moves a
+    /// push decoded elsewhere into its keys this way. Fails only when a column would pass
+    /// `i32::MAX` bytes (see [`LogColumns::text_bytes`]); then some columns may already
+    /// hold the rows, so the caller must not use these builders again.
+    pub fn append_range(&mut self, from: &LogArrays<'_>, start: usize, len: usize) -> Result<()> {
+        let overflow = |e: arrow::error::ArrowError| Error::Buffer(format!("appending rows: {e}"));
+        // Slicing costs about as much as appending a dozen values one by one.
+        let bulk = len >= 16;
+        for (b, a) in self.strings.iter_mut().zip(&from.strs) {
+            let offsets = a.value_offsets();
+            self.text += (offsets[start + len] - offsets[start]) as usize;
+            if bulk {
+                b.append_array(&StringArray::slice(a, start, len))
+                    .map_err(overflow)?;
+            } else {
+                for r in start..start + len {
+                    b.append_option(a.is_valid(r).then(|| a.value(r)));
+                }
+            }
+        }
+        for (b, a) in self.bools.iter_mut().zip(&from.bools) {
+            if bulk {
+                b.append_array(&BooleanArray::slice(a, start, len));
+            } else {
+                for r in start..start + len {
+                    b.append_option(a.is_valid(r).then(|| a.value(r)));
+                }
+            }
+        }
+        for (b, col) in self.lists.iter_mut().zip(0..) {
+            for r in start..start + len {
+                match from.list(col, r) {
+                    Some(items) => {
+                        for item in items {
+                            self.text += item.len();
+                            b.values().append_value(item);
+                        }
+                        b.append(true);
+                    }
+                    None => b.append(false),
+                }
+            }
+        }
+        for (b, col) in self.maps.iter_mut().zip(0..) {
+            for r in start..start + len {
+                let entries = from.map(col, r);
+                let valid = entries.is_some();
+                for (k, v) in entries.into_iter().flatten() {
+                    self.text += k.len() + v.len();
+                    b.keys().append_value(k);
+                    b.values().append_value(v);
+                }
+                b.append(valid)
+                    .map_err(|e| Error::Buffer(format!("appending rows: {e}")))?;
+            }
+        }
+        self.rows += len;
+        Ok(())
+    }
+}
+
 /// Reads the rows of a Log batch (as made by [`LogColumns`]) back into records.
 pub fn logs_from_batch(batch: &RecordBatch) -> Result<Vec<Log>> {
-    let bad = |what: &str| Error::Encode {
-        key: String::new(),
-        reason: format!("not a Log batch: column {what}"),
+    let a = LogArrays::new(batch)?;
+    let text = |c: usize, i: usize| a.text(c, i).map(str::to_string);
+    let req = |c: usize, i: usize| text(c, i).unwrap_or_default();
+    let list = |c: usize, i: usize| {
+        a.list(c, i)
+            .map(|items| items.map(str::to_string).collect())
     };
-    if batch.num_columns() != LAYOUT.len() {
-        return Err(bad("count"));
-    }
-    let mut strs: Vec<&StringArray> = Vec::with_capacity(26);
-    let mut bools: Vec<&BooleanArray> = Vec::with_capacity(2);
-    let mut lists: Vec<&ListArray> = Vec::with_capacity(2);
-    let mut maps: Vec<&MapArray> = Vec::with_capacity(2);
-    for (slot, (col, name)) in LAYOUT.iter().zip(batch.columns().iter().zip(COLUMNS)) {
-        let any = col.as_any();
-        match slot {
-            Slot::Str(_) => strs.push(any.downcast_ref().ok_or_else(|| bad(name))?),
-            Slot::Bool(_) => bools.push(any.downcast_ref().ok_or_else(|| bad(name))?),
-            Slot::List(_) => lists.push(any.downcast_ref().ok_or_else(|| bad(name))?),
-            Slot::Map(_) => maps.push(any.downcast_ref().ok_or_else(|| bad(name))?),
-        }
-    }
-    let text = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
-    let req = |a: &StringArray, i: usize| text(a, i).unwrap_or_default();
-    let flag = |a: &BooleanArray, i: usize| a.is_valid(i).then(|| a.value(i));
-    let list = |a: &ListArray, i: usize| -> Option<Vec<String>> {
-        if !a.is_valid(i) {
-            return None;
-        }
-        let values = a.value(i);
-        let values = values.as_any().downcast_ref::<StringArray>()?;
-        Some(
-            (0..values.len())
-                .map(|j| values.value(j).to_string())
-                .collect(),
-        )
+    let map = |c: usize, i: usize| -> Option<StringMap> {
+        a.map(c, i).map(|entries| {
+            entries
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
     };
-    let map = |a: &MapArray, i: usize| -> Option<StringMap> {
-        if !a.is_valid(i) {
-            return None;
-        }
-        let entries = a.value(i);
-        let keys = entries.column(0).as_any().downcast_ref::<StringArray>()?;
-        let values = entries.column(1).as_any().downcast_ref::<StringArray>()?;
-        Some(
-            (0..keys.len())
-                .map(|j| (keys.value(j).to_string(), values.value(j).to_string()))
-                .collect(),
-        )
-    };
-    let s = &strs;
-    Ok((0..batch.num_rows())
+    Ok((0..a.rows)
         .map(|i| Log {
-            time: req(s[0], i),
-            level: req(s[1], i),
-            correlation_id: text(s[2], i),
-            session_id: text(s[3], i),
-            message_id: text(s[4], i),
-            person_id: text(s[5], i),
-            user_id: text(s[6], i),
-            device_id: text(s[7], i),
-            message: req(s[8], i),
-            business_capability: req(s[9], i),
-            business_domain: req(s[10], i),
-            business_service: req(s[11], i),
-            application_service: req(s[12], i),
-            audit: flag(bools[0], i),
-            resource_type: text(s[13], i),
-            cloud_provider: text(s[14], i),
-            source_id: text(s[15], i),
-            http_response: text(s[16], i),
-            error_code: text(s[17], i),
-            stack_trace: text(s[18], i),
-            duration: text(s[19], i),
-            trace_ip: list(lists[0], i),
-            region: text(s[20], i),
-            az: text(s[21], i),
-            tags: list(lists[1], i),
-            args: map(maps[0], i),
-            transaction_message_reference: text(s[22], i),
-            ttl: text(s[23], i),
-            auto_index: flag(bools[1], i),
-            logger_name: text(s[24], i),
-            thread_name: text(s[25], i),
-            extra_fields: map(maps[1], i),
+            time: req(0, i),
+            level: req(1, i),
+            correlation_id: text(2, i),
+            session_id: text(3, i),
+            message_id: text(4, i),
+            person_id: text(5, i),
+            user_id: text(6, i),
+            device_id: text(7, i),
+            message: req(8, i),
+            business_capability: req(9, i),
+            business_domain: req(10, i),
+            business_service: req(11, i),
+            application_service: req(12, i),
+            audit: a.flag(0, i),
+            resource_type: text(13, i),
+            cloud_provider: text(14, i),
+            source_id: text(15, i),
+            http_response: text(16, i),
+            error_code: text(17, i),
+            stack_trace: text(18, i),
+            duration: text(19, i),
+            trace_ip: list(0, i),
+            region: text(20, i),
+            az: text(21, i),
+            tags: list(1, i),
+            args: map(0, i),
+            transaction_message_reference: text(22, i),
+            ttl: text(23, i),
+            auto_index: a.flag(1, i),
+            logger_name: text(24, i),
+            thread_name: text(25, i),
+            extra_fields: map(1, i),
         })
         .collect())
 }
@@ -700,5 +850,57 @@ mod tests {
         assert!(meta.num_row_groups() > 1, "{}", meta.num_row_groups());
         let total: i64 = meta.row_groups().iter().map(|g| g.num_rows()).sum();
         assert_eq!(total, 20_000);
+    }
+
+    /// Varied records: nulls, empty and non-empty lists and maps, unicode.
+    fn varied(n: usize) -> Vec<Log> {
+        (0..n)
+            .map(|i| {
+                let mut args = StringMap::new();
+                for j in 0..i % 3 {
+                    args.insert(format!("k{j}"), format!("v{i}-{j}"));
+                }
+                Log {
+                    time: format!("2024-01-01T00:00:{:02}Z", i % 60),
+                    level: ["info", "warn"][i % 2].into(),
+                    message: format!("m{i} ✓"),
+                    user_id: (i % 4 == 0).then(|| format!("u{i}")),
+                    audit: (i % 5 != 0).then_some(i % 2 == 0),
+                    tags: (i % 3 != 1).then(|| (0..i % 4).map(|t| format!("t{t}")).collect()),
+                    args: (i % 2 == 0).then_some(args),
+                    ..Log::default()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn append_counts_what_row_bytes_counts() {
+        let mut cols = LogColumns::new();
+        for log in varied(20) {
+            assert_eq!(cols.append(&log), LogColumns::row_bytes(&log));
+            assert_eq!(cols.append(&log.borrowed()), LogColumns::row_bytes(&log));
+        }
+    }
+
+    #[test]
+    fn appending_ranges_copies_rows_exactly() {
+        let logs = varied(60);
+        let records: Vec<Record> = logs.iter().cloned().map(Arc::new).collect();
+        let block = to_record_batch(&records).expect("block");
+        let from = LogArrays::new(&block).expect("a Log batch");
+        // Small ranges are copied value by value, large ones in bulk: both, in any order.
+        for ranges in [vec![(0, 60)], vec![(50, 3), (0, 20), (20, 30), (53, 7)]] {
+            let mut cols = LogColumns::new();
+            let mut want = Vec::new();
+            for (start, len) in ranges {
+                cols.append_range(&from, start, len).expect("append");
+                want.extend_from_slice(&records[start..start + len]);
+            }
+            assert_eq!(cols.len(), 60);
+            let got = cols.finish().expect("batch");
+            assert_eq!(got, to_record_batch(&want).expect("want"));
+            assert_eq!(logs_from_batch(&got).expect("rows").len(), 60);
+        }
     }
 }

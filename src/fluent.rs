@@ -20,6 +20,7 @@
 //! them can be located; if that happens at the very first byte the whole chunk is an error.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 mod msgpack;
 
@@ -28,8 +29,8 @@ use rmpv::ValueRef;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::record::decode::{Loose, from_loose, truncate};
-use crate::record::{Log, StringMap, format_time};
+use crate::record::decode::{Loose, from_loose, insert_unique, truncate};
+use crate::record::{LogRef, format_time};
 
 /// Deepest nesting accepted inside one event (deeper input is rejected, not a stack overflow).
 pub const MAX_DEPTH: usize = 64;
@@ -53,9 +54,10 @@ pub struct Rejected {
 
 /// What one chunk decoded into.
 #[derive(Debug, Default)]
-pub struct Decoded {
-    /// Records ready for the buffer, in chunk order.
-    pub records: Vec<Log>,
+pub struct Decoded<'a> {
+    /// Records ready for the buffer, in chunk order, borrowing their text from the chunk
+    /// where they can ([`LogRef::into_owned`] makes owned ones).
+    pub records: Vec<LogRef<'a>>,
     /// Events that could not be records.
     pub rejected: Vec<Rejected>,
     /// Group start/end markers skipped.
@@ -72,7 +74,7 @@ enum EventTime {
 }
 
 /// Decodes a whole chunk. Fails only when not even the first event can be framed.
-pub fn decode_chunk(data: &[u8], tag: &str) -> Result<Decoded> {
+pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str) -> Result<Decoded<'a>> {
     let mut out = Decoded::default();
     let mut rd: &[u8] = data;
     let mut index = 0usize;
@@ -129,7 +131,7 @@ pub fn decode_chunk(data: &[u8], tag: &str) -> Result<Decoded> {
 /// The common case without intermediate values: `[[ts, meta], map]` or `[ts, map]` with a
 /// valid timestamp, the body deserialized straight into a [`Log`]. `None` sends the event
 /// to [`slow_event`], which handles (and explains) everything else.
-fn fast_event(event: &[u8], tag: &str) -> Option<EventOutcome> {
+fn fast_event<'a>(event: &'a [u8], tag: &'a str) -> Option<EventOutcome<'a>> {
     let mut rd = event;
     if msgpack::array_len(&mut rd)? != 2 {
         return None;
@@ -157,14 +159,14 @@ fn fast_event(event: &[u8], tag: &str) -> Option<EventOutcome> {
     if !msgpack::is_map(rd) {
         return None;
     }
-    let log = Log::deserialize(&mut msgpack::Deser::new(rd, MAX_DEPTH)).ok()?;
+    let log = LogRef::deserialize(&mut msgpack::Deser::new(rd, MAX_DEPTH)).ok()?;
     Some(Ok(Some(finish(log, sec, nsec, metadata.as_ref(), tag))))
 }
 
 /// One event's outcome: a record, `None` for a group marker, or `(reason, raw json)`.
-type EventOutcome = std::result::Result<Option<Log>, (String, String)>;
+type EventOutcome<'a> = std::result::Result<Option<LogRef<'a>>, (String, String)>;
 
-fn slow_event(event: &[u8], tag: &str) -> EventOutcome {
+fn slow_event<'a>(event: &'a [u8], tag: &'a str) -> EventOutcome<'a> {
     let mut rd = event;
     match rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH) {
         Ok(value) => decode_event(value, tag),
@@ -173,7 +175,7 @@ fn slow_event(event: &[u8], tag: &str) -> EventOutcome {
 }
 
 /// One event: `Ok(None)` for a group marker, `Err((reason, raw json))` for a bad shape.
-fn decode_event(value: ValueRef<'_>, tag: &str) -> EventOutcome {
+fn decode_event<'a>(value: ValueRef<'a>, tag: &'a str) -> EventOutcome<'a> {
     let raw = |v: &ValueRef<'_>| compact(&to_loose(v));
     let ValueRef::Array(mut root) = value else {
         return Err(("the event is not a 2-element array".into(), raw(&value)));
@@ -224,37 +226,36 @@ fn decode_event(value: ValueRef<'_>, tag: &str) -> EventOutcome {
 }
 
 /// Fills `time` when the record has none and adds the Fluent Bit arguments.
-fn finish(mut log: Log, sec: i64, nsec: u32, metadata: Option<&ValueRef<'_>>, tag: &str) -> Log {
+/// Fills `time` when the record has none and adds the Fluent Bit arguments. A value
+/// already present under one of their keys is kept (ours goes to `key#2`, ...).
+fn finish<'a>(
+    mut log: LogRef<'a>,
+    sec: i64,
+    nsec: u32,
+    metadata: Option<&ValueRef<'_>>,
+    tag: &'a str,
+) -> LogRef<'a> {
     let fluent_time = Utc
         .timestamp_opt(sec, nsec)
         .single()
         .map(format_time)
         .unwrap_or_else(|| format!("{sec}.{nsec:09}"));
     if log.time.is_empty() {
-        log.time = fluent_time.clone();
+        log.time = Cow::Owned(fluent_time.clone());
     }
-    let args = log.args.get_or_insert_with(StringMap::new);
-    insert_unique(args, ARG_TAG, tag.to_string());
-    insert_unique(args, ARG_TIME, fluent_time);
+    let args = log.args.get_or_insert_with(BTreeMap::new);
+    insert_unique(args, Cow::Borrowed(ARG_TAG), Cow::Borrowed(tag));
+    insert_unique(args, Cow::Borrowed(ARG_TIME), Cow::Owned(fluent_time));
     if let Some(meta @ ValueRef::Map(entries)) = metadata
         && !entries.is_empty()
     {
-        insert_unique(args, ARG_METADATA, compact(&to_loose(meta)));
+        insert_unique(
+            args,
+            Cow::Borrowed(ARG_METADATA),
+            Cow::Owned(compact(&to_loose(meta))),
+        );
     }
     log
-}
-
-/// Keeps a value already present under `key` (nothing is lost): ours goes to `key#2`, ...
-fn insert_unique(map: &mut StringMap, key: &str, value: String) {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), value);
-        return;
-    }
-    let mut n = 2;
-    while map.contains_key(&format!("{key}#{n}")) {
-        n += 1;
-    }
-    map.insert(format!("{key}#{n}"), value);
 }
 
 fn event_time(ts: &ValueRef<'_>) -> Option<EventTime> {
@@ -450,11 +451,7 @@ mod tests {
         body(&mut c, &[("message", "h")]);
         let d = decode_chunk(&c, "t").expect("decodes");
         assert!(d.rejected.is_empty(), "{:?}", d.rejected);
-        let got: Vec<(&str, &str)> = d
-            .records
-            .iter()
-            .map(|l| (l.message.as_str(), l.time.as_str()))
-            .collect();
+        let got: Vec<(&str, &str)> = d.records.iter().map(|l| (&*l.message, &*l.time)).collect();
         assert_eq!(
             got,
             vec![
@@ -487,7 +484,7 @@ mod tests {
         }
         let d = decode_chunk(&c, "t").expect("decodes");
         let log = &d.records[0];
-        assert_eq!((log.level.as_str(), log.message.as_str()), ("warn", "m32"));
+        assert_eq!((&*log.level, &*log.message), ("warn", "m32"));
         assert_eq!(
             log.args.as_ref().expect("args")[ARG_METADATA],
             r#"{"k":"v"}"#
@@ -566,7 +563,7 @@ mod tests {
         encode::write_u32(&mut c, 7).expect("vec write");
         v2(&mut c, 3, 0, &[("message", "after garbage")]);
         let d = decode_chunk(&c, "t").expect("decodes");
-        let msgs: Vec<&str> = d.records.iter().map(|l| l.message.as_str()).collect();
+        let msgs: Vec<&str> = d.records.iter().map(|l| &*l.message).collect();
         assert_eq!(msgs, vec!["ok1", "ok2"]);
         assert_eq!(d.rejected.len(), 7, "{:?}", d.rejected);
         assert!(d.rejected[6].reason.contains("must be an array"));

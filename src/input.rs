@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
-use crate::record::{Log, decode::truncate, decode_json_bytes, decode_json_line};
+use crate::record::{Log, LogRef, decode::truncate, decode_json_line, decode_json_ref};
 
 /// The shape of an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +112,14 @@ pub fn read_json_lines<R: BufRead>(
     let mut line_no = 0u64;
     while let Some(block) = read_block(&mut reader, name, batch, &mut line_no)? {
         stats.bytes += block.data.len() as u64;
-        let (records, rejected) = decode_block(&block, name);
+        let (records, rejected) = decode_json_lines(&block.data, block.first_line, name);
         stats.records += records.len() as u64;
         stats.rejected += rejected.len() as u64;
         if !records.is_empty() || !rejected.is_empty() {
-            sink(records, rejected)?;
+            sink(
+                records.into_iter().map(LogRef::into_owned).collect(),
+                rejected,
+            )?;
         }
     }
     Ok(stats)
@@ -166,17 +169,23 @@ fn read_block<R: BufRead>(
     Ok((lines > 0).then_some(Block { data, first_line }))
 }
 
-/// Decodes every line of a block: records, and the lines rejected with their numbers.
-fn decode_block(block: &Block, name: &str) -> (Vec<Log>, Vec<Rejected>) {
+/// Decodes every line of JSON Lines `data` (whose first line is number `first_line` of
+/// `name`): records borrowing their text from `data`, and the lines rejected with their
+/// numbers.
+pub fn decode_json_lines<'a>(
+    data: &'a [u8],
+    first_line: u64,
+    name: &str,
+) -> (Vec<LogRef<'a>>, Vec<Rejected>) {
     let mut records = Vec::with_capacity(1024);
     let mut rejected = Vec::new();
-    for (i, line) in block.data.split(|&b| b == b'\n').enumerate() {
+    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
         let trimmed = line.trim_ascii();
         if trimmed.is_empty() {
             continue;
         }
-        let line_no = block.first_line + i as u64;
-        match decode_json_bytes(trimmed, || format!("line {line_no} of {name}")) {
+        let line_no = first_line + i as u64;
+        match decode_json_ref(trimmed, || format!("line {line_no} of {name}")) {
             Ok(log) => records.push(log),
             Err(e) => rejected.push(reject(e, trimmed)),
         }
@@ -201,7 +210,7 @@ pub fn read_input_parallel<R, T, P, S>(
 where
     R: BufRead + Send,
     T: Send,
-    P: Fn(Vec<Log>, Vec<Rejected>) -> Result<T> + Sync,
+    P: for<'b> Fn(Vec<LogRef<'b>>, Vec<Rejected>) -> Result<T> + Sync,
     S: FnMut(T) -> Result<()>,
 {
     use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -209,7 +218,10 @@ where
     type Done<T> = Result<(u64, u64, Option<T>)>;
     if threads <= 1 || detect(&mut reader)? != Format::JsonLines {
         return read_input(reader, name, batch, &mut |records, rejected| {
-            sink(prepare(records, rejected)?)
+            sink(prepare(
+                records.iter().map(Log::borrowed).collect(),
+                rejected,
+            )?)
         });
     }
     let (job_tx, job_rx) = sync_channel::<(Block, SyncSender<Done<T>>)>(threads);
@@ -222,7 +234,8 @@ where
                 loop {
                     let job = job_rx.lock().recv();
                     let Ok((block, done)) = job else { break };
-                    let (records, rejected) = decode_block(&block, name);
+                    let (records, rejected) =
+                        decode_json_lines(&block.data, block.first_line, name);
                     let (r, j) = (records.len() as u64, rejected.len() as u64);
                     let result = if r == 0 && j == 0 {
                         Ok((0, 0, None))
@@ -502,7 +515,9 @@ mod tests {
             "in.jsonl",
             64,
             3,
-            &|l: Vec<Log>, b: Vec<Rejected>| Ok((l, b)),
+            &|l: Vec<LogRef<'_>>, b: Vec<Rejected>| {
+                Ok((l.into_iter().map(LogRef::into_owned).collect(), b))
+            },
             &mut |(l, b): (Vec<Log>, Vec<Rejected>)| {
                 calls += 1;
                 logs.extend(l);
@@ -537,7 +552,7 @@ mod tests {
             "in.jsonl",
             10,
             2,
-            &|l: Vec<Log>, _| Ok(l.len()),
+            &|l: Vec<LogRef<'_>>, _| Ok(l.len()),
             &mut |n| {
                 seen += n;
                 if seen >= 100 {
@@ -555,7 +570,7 @@ mod tests {
             "in.jsonl",
             10,
             2,
-            &|_: Vec<Log>, _| -> Result<()> { Err(Error::Buffer("refused".into())) },
+            &|_: Vec<LogRef<'_>>, _| -> Result<()> { Err(Error::Buffer("refused".into())) },
             &mut |()| Ok(()),
         )
         .expect_err("prepare error");

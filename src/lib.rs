@@ -31,7 +31,7 @@ use std::sync::Arc;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use receiver::Receiver;
-pub use record::Log;
+pub use record::{Log, LogRef};
 
 use buffer::Buffer;
 use config::{BufferType, WriterType};

@@ -332,3 +332,97 @@ fn background_thread_flushes_by_size_and_interval() {
     assert_eq!(r.stats().records_written, 11);
     r.close().expect("close");
 }
+
+/// The rows of every file below `dir`, grouped by directory (capability and hour) and
+/// partition key, in file and row order.
+fn rows_by_partition(dir: &Path) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+    let mut out: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for f in common::parquet_files(dir) {
+        let part = f
+            .parent()
+            .expect("in a directory")
+            .strip_prefix(dir)
+            .expect("below the root")
+            .display()
+            .to_string();
+        for row in common::rows_with_parquet_crate(&[f]) {
+            let key: Vec<&str> = [
+                "business_capability",
+                "business_domain",
+                "business_service",
+                "application_service",
+            ]
+            .iter()
+            .map(|c| row[*c].as_str().expect("key column"))
+            .collect();
+            let group = format!("{part} {}", key.join(":"));
+            out.entry(group).or_default().push(row);
+        }
+    }
+    out
+}
+
+#[test]
+fn borrowed_pushes_write_exactly_what_owned_pushes_write() {
+    use data2parquet::input::decode_json_lines;
+    use data2parquet::record::generator::Generator;
+    // Realistic records (lists, maps, unicode, escapes, absent fields), a few without a
+    // time (filled with the arrival time), in many keys.
+    let mut generator = Generator::new(11);
+    let mut text = String::new();
+    for i in 0..3000 {
+        let line = generator.next_line();
+        if i % 97 == 0 {
+            let mut v: serde_json::Value = serde_json::from_str(&line).expect("json");
+            v.as_object_mut().expect("object").remove("time");
+            text.push_str(&v.to_string());
+        } else {
+            text.push_str(&line);
+        }
+        text.push('\n');
+    }
+    let extra = [("BufferSize", "100000"), ("FlushInterval", "0")];
+    let written = |push: &dyn Fn(&Receiver, &[u8])| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (r, _clock) = engine(dir.path(), &extra);
+        // In slices of 500 lines, as the entry points push.
+        let lines: Vec<&str> = text.lines().collect();
+        for part in lines.chunks(500) {
+            push(&r, part.join("\n").as_bytes());
+        }
+        assert_eq!(r.stats().records_in, 3000);
+        r.close().expect("close");
+        assert_eq!(r.stats().records_written, 3000);
+        rows_by_partition(&dir.path().join("out"))
+    };
+    let owned = written(&|r, data| {
+        let (logs, bad) = decode_json_lines(data, 1, "t");
+        assert!(bad.is_empty());
+        let logs = logs
+            .into_iter()
+            .map(data2parquet::LogRef::into_owned)
+            .collect();
+        r.push(logs, Vec::new()).expect("push");
+    });
+    let direct = written(&|r, data| {
+        let (logs, _) = decode_json_lines(data, 1, "t");
+        r.push_refs(logs, Vec::new()).expect("push_refs");
+    });
+    let block = written(&|r, data| {
+        let (logs, _) = decode_json_lines(data, 1, "t");
+        let batch = r.prepare_refs(logs, Vec::new()).expect("prepare");
+        assert!(
+            batch.columns.is_some(),
+            "the memory buffer takes a column block"
+        );
+        r.push_prepared_wait(batch, std::time::Duration::from_secs(5))
+            .expect("push");
+    });
+    let count = |m: &std::collections::BTreeMap<String, Vec<serde_json::Value>>| -> usize {
+        m.values().map(Vec::len).sum()
+    };
+    assert_eq!(count(&owned), 3000);
+    assert!(owned.len() > 5, "{} partitions", owned.len());
+    assert_eq!(direct, owned);
+    assert_eq!(block, owned);
+}

@@ -96,6 +96,7 @@ fn every_buffer_operation() {
             ],
             dlq: vec![entry.clone()],
             encoded: None,
+            columns: None,
         })
         .expect("push");
     assert_eq!(lens, vec![5, 2]);
@@ -207,6 +208,7 @@ fn instances_take_turns_draining_the_dlq() {
         groups: Vec::new(),
         dlq: entries.clone(),
         encoded: None,
+        columns: None,
     })
     .expect("push");
     // a is draining the DLQ: b neither writes nor trims those entries meanwhile.
@@ -452,4 +454,66 @@ fn a_process_killed_mid_run_loses_nothing() {
             "m-{i} lost (have {n})"
         );
     }
+}
+
+#[test]
+fn borrowed_pushes_store_what_owned_pushes_store() {
+    use data2parquet::input::decode_json_lines;
+    use data2parquet::record::generator::Generator;
+    let redis = common::start_redis(&common::RedisOptions::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        &redis.addr(),
+        &dir.path().join("out"),
+        &[("BufferSize", "100000")],
+    );
+    let buffer = Arc::new(RedisBuffer::connect(&cfg).expect("connect"));
+    let r = Receiver::new(
+        cfg.clone(),
+        buffer.clone(),
+        Arc::new(FileWriter::new(&cfg.writer_file_path)),
+        Arc::new(SystemClock),
+        Background::Manual,
+    )
+    .expect("receiver");
+    let mut generator = Generator::new(5);
+    let text: String = (0..400).map(|_| generator.next_line() + "\n").collect();
+    // Everything buffered, key by key in order; then emptied for the next way of pushing.
+    let take_all = || -> Vec<(String, Vec<Log>)> {
+        let mut keys = buffer.keys().expect("keys");
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
+                let records: Vec<Log> = buffer
+                    .get(&k, 100_000)
+                    .expect("get")
+                    .into_iter()
+                    .map(|r| (*r).clone())
+                    .collect();
+                // Clearing is for the holder of the key's flush lock.
+                assert!(buffer.try_lock(&k).expect("lock"));
+                buffer.clear(&k, records.len()).expect("clear");
+                buffer.unlock(&k).expect("unlock");
+                (k, records)
+            })
+            .collect()
+    };
+    let (logs, _) = decode_json_lines(text.as_bytes(), 1, "t");
+    r.push(
+        logs.into_iter().map(|l| l.into_owned()).collect(),
+        Vec::new(),
+    )
+    .expect("owned push");
+    let owned = take_all();
+    assert_eq!(owned.iter().map(|(_, r)| r.len()).sum::<usize>(), 400);
+    let (logs, _) = decode_json_lines(text.as_bytes(), 1, "t");
+    r.push_refs(logs, Vec::new()).expect("push_refs");
+    assert_eq!(take_all(), owned);
+    let (logs, _) = decode_json_lines(text.as_bytes(), 1, "t");
+    let batch = r.prepare_refs(logs, Vec::new()).expect("prepare");
+    assert!(batch.encoded.is_some() && batch.columns.is_none());
+    r.push_prepared_wait(batch, std::time::Duration::from_secs(5))
+        .expect("push");
+    assert_eq!(take_all(), owned);
+    assert_eq!(r.stats().records_in, 1200);
 }

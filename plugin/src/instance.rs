@@ -252,7 +252,7 @@ fn handle(data: &[u8], tag: &str, receiver: &Receiver, log: &Logger) -> c_int {
     // A full buffer first gets `BufferFullWait` to make room (the flusher runs meanwhile):
     // Fluent Bit's own retry comes seconds later and, by default, only once.
     let wait = Duration::from_millis(receiver.config().buffer_full_wait_ms);
-    match receiver.push_wait(decoded.records, dlq, wait) {
+    match receiver.push_refs_wait(decoded.records, dlq, wait) {
         Ok(_) => {
             log.debug(|| {
                 format!(

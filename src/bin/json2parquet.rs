@@ -97,12 +97,12 @@ fn convert_input(
         Box::new(BufReader::with_capacity(1 << 20, file))
     };
     // Decoding threads group and encode records for the buffer; this thread pushes them.
-    let prepare = |records: Vec<data2parquet::Log>, rejected: Vec<Rejected>| {
+    let prepare = |records: Vec<data2parquet::LogRef<'_>>, rejected: Vec<Rejected>| {
         let dlq = rejected
             .into_iter()
             .map(|r| receiver.dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw))
             .collect();
-        receiver.prepare(records, dlq)
+        receiver.prepare_refs(records, dlq)
     };
     let mut sink = |batch| receiver.push_prepared_wait(batch, PUSH_TIMEOUT).map(|_| ());
     let stats = read_input_parallel(

@@ -12,18 +12,22 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 
-use super::{Buffer, Columnar, DlqEntry, PushBatch, Record, RecoveryItem};
-use crate::convert::{LogColumns, logs_from_batch};
+use super::{Buffer, ColumnBlock, Columnar, DlqEntry, PushBatch, Record, RecoveryItem, RefGroup};
+use crate::convert::{LogArrays, LogColumns, logs_from_batch};
 use crate::error::{Error, Result};
 use crate::record::Hour;
 
 /// What a record counts against the bound: its columnar size, plus half for the builders'
 /// spare capacity (they grow by doubling, so on average about 1.4x what they hold is
 /// allocated): the bound then limits the memory really used, not just the data.
-fn counted_bytes(r: &crate::record::Log) -> u32 {
-    let bytes = LogColumns::row_bytes(r).saturating_mul(3) / 2;
+pub(crate) fn counted_bytes(row_bytes: usize) -> u32 {
+    let bytes = row_bytes.saturating_mul(3) / 2;
     bytes.min(u32::MAX as usize) as u32
 }
+
+/// Text bytes after which a key's builders are sealed before more rows go in: far below
+/// the `i32::MAX` bytes where a string column's offsets would overflow.
+const SEAL_BYTES: usize = 1 << 30;
 
 /// Sealed rows of a key: a batch, each row's hour and counted size.
 struct Sealed {
@@ -82,8 +86,70 @@ impl MemBuffer {
     }
 }
 
+impl MemBuffer {
+    /// Counts `added` bytes in, or refuses them (retryable) when the buffer is full.
+    fn admit(&self, st: &mut State, added: usize) -> Result<()> {
+        // A batch larger than half the bound is taken once the buffer is at most half full
+        // (where flushing under pressure brings it), and an empty buffer takes any batch:
+        // otherwise a large chunk would be refused forever while small keys stay buffered.
+        let fits = st.bytes + added <= self.max_bytes;
+        let large_and_room = added > self.max_bytes / 2 && st.bytes <= self.max_bytes / 2;
+        if st.bytes > 0 && !fits && !large_and_room {
+            return Err(Error::BufferFull {
+                used: st.bytes,
+                limit: self.max_bytes,
+            });
+        }
+        st.bytes += added;
+        Ok(())
+    }
+
+    /// A push decoded straight into columns: each group's rows are copied from the block
+    /// into its key's builders.
+    fn push_columns(&self, batch: PushBatch, block: &ColumnBlock) -> Result<Vec<usize>> {
+        if block.groups.len() != batch.groups.len() {
+            return Err(Error::Buffer(format!(
+                "a columnar push has {} row groups for {} keys",
+                block.groups.len(),
+                batch.groups.len()
+            )));
+        }
+        let from = LogArrays::new(&block.batch)?;
+        let added: usize = block
+            .groups
+            .iter()
+            .flat_map(|g| g.sizes.iter().map(|s| *s as usize))
+            .sum::<usize>()
+            + batch
+                .dlq
+                .iter()
+                .map(DlqEntry::estimated_size)
+                .sum::<usize>();
+        let mut st = self.state.lock();
+        self.admit(&mut st, added)?;
+        st.dlq.extend(batch.dlq);
+        let mut lens = Vec::with_capacity(block.groups.len());
+        for ((key, _), g) in batch.groups.iter().zip(&block.groups) {
+            let data = st.keys.entry(key.clone()).or_default();
+            let incoming: usize = g.sizes.iter().map(|s| *s as usize).sum();
+            if data.active.text_bytes() + incoming > SEAL_BYTES {
+                data.seal()?;
+            }
+            data.active.append_range(&from, g.start, g.len)?;
+            data.active_sizes.extend_from_slice(&g.sizes);
+            data.active_hours.extend_from_slice(&g.hours);
+            data.rows += g.len;
+            lens.push(data.rows);
+        }
+        Ok(lens)
+    }
+}
+
 impl Buffer for MemBuffer {
     fn push(&self, batch: PushBatch) -> Result<Vec<usize>> {
+        if let Some(block) = batch.columns.clone() {
+            return self.push_columns(batch, &block);
+        }
         // Sizes and hours are worked out before taking the lock.
         let rows: Vec<(Vec<u32>, Vec<Option<Hour>>)> = batch
             .groups
@@ -92,7 +158,7 @@ impl Buffer for MemBuffer {
                 records
                     .iter()
                     .map(|r| {
-                        let size = counted_bytes(r);
+                        let size = counted_bytes(LogColumns::row_bytes(r.as_ref()));
                         (size, r.parsed_time().map(Hour::of))
                     })
                     .unzip()
@@ -109,22 +175,15 @@ impl Buffer for MemBuffer {
                 .sum::<usize>();
         let PushBatch { groups, dlq, .. } = batch;
         let mut st = self.state.lock();
-        // A batch larger than half the bound is taken once the buffer is at most half full
-        // (where flushing under pressure brings it), and an empty buffer takes any batch:
-        // otherwise a large chunk would be refused forever while small keys stay buffered.
-        let fits = st.bytes + added <= self.max_bytes;
-        let large_and_room = added > self.max_bytes / 2 && st.bytes <= self.max_bytes / 2;
-        if st.bytes > 0 && !fits && !large_and_room {
-            return Err(Error::BufferFull {
-                used: st.bytes,
-                limit: self.max_bytes,
-            });
-        }
-        st.bytes += added;
+        self.admit(&mut st, added)?;
         st.dlq.extend(dlq);
         let mut lens = Vec::with_capacity(groups.len());
         for ((key, records), (sizes, hours)) in groups.iter().zip(rows) {
             let data = st.keys.entry(key.clone()).or_default();
+            let incoming: usize = sizes.iter().map(|s| *s as usize).sum();
+            if data.active.text_bytes() + incoming > SEAL_BYTES {
+                data.seal()?;
+            }
             for r in records {
                 data.active.append(r);
             }
@@ -282,6 +341,42 @@ impl Buffer for MemBuffer {
         format!("mem (max {} bytes)", self.max_bytes)
     }
 
+    fn takes_columns(&self) -> bool {
+        true
+    }
+
+    fn push_refs(
+        &self,
+        keys: &[String],
+        groups: &[RefGroup<'_, '_>],
+        dlq: Vec<DlqEntry>,
+    ) -> Result<Vec<usize>> {
+        let added: usize = groups
+            .iter()
+            .flat_map(|g| g.sizes.iter().map(|s| *s as usize))
+            .sum::<usize>()
+            + dlq.iter().map(DlqEntry::estimated_size).sum::<usize>();
+        let mut st = self.state.lock();
+        self.admit(&mut st, added)?;
+        st.dlq.extend(dlq);
+        let mut lens = Vec::with_capacity(groups.len());
+        for (key, g) in keys.iter().zip(groups) {
+            let data = st.keys.entry(key.clone()).or_default();
+            let incoming: usize = g.sizes.iter().map(|s| *s as usize).sum();
+            if data.active.text_bytes() + incoming > SEAL_BYTES {
+                data.seal()?;
+            }
+            for r in &g.records {
+                data.active.append(*r);
+            }
+            data.active_sizes.extend_from_slice(&g.sizes);
+            data.active_hours.extend_from_slice(&g.hours);
+            data.rows += g.records.len();
+            lens.push(data.rows);
+        }
+        Ok(lens)
+    }
+
     fn durable(&self) -> bool {
         false
     }
@@ -298,6 +393,7 @@ mod tests {
             groups: vec![(key.to_string(), records)],
             dlq: Vec::new(),
             encoded: None,
+            columns: None,
         }
     }
 
@@ -359,7 +455,7 @@ mod tests {
 
     #[test]
     fn memory_bound_refuses_with_retryable_error() {
-        let size = counted_bytes(&rec("x")) as usize;
+        let size = counted_bytes(LogColumns::row_bytes(rec("x").as_ref())) as usize;
         let b = MemBuffer::new(size * 3);
         b.push(one("k", vec![rec("x"), rec("x")])).expect("fits");
         let err = b
@@ -374,7 +470,7 @@ mod tests {
 
     #[test]
     fn a_batch_larger_than_the_bound_is_taken_once_half_is_free() {
-        let size = counted_bytes(&rec("x")) as usize;
+        let size = counted_bytes(LogColumns::row_bytes(rec("x").as_ref())) as usize;
         let b = MemBuffer::new(size * 4);
         b.push(one("small", vec![rec("x")])).expect("fits");
         // Six records never fit a bound of four; they must not wait for a fully empty
@@ -400,6 +496,7 @@ mod tests {
             groups: Vec::new(),
             dlq: vec![e.clone(), e.clone()],
             encoded: None,
+            columns: None,
         })
         .expect("dlq");
         assert_eq!(b.get_dlq(10).expect("get").len(), 2);

@@ -29,7 +29,7 @@ use redis::{Client, Connection, RedisError, Script};
 use super::{Buffer, DlqEntry, EncodedGroup, PushBatch, Record, RecoveryItem};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::record::Log;
+use crate::record::{Log, LogRef};
 
 const CLEAR_SCRIPT: &str = r"
 if redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
@@ -362,20 +362,25 @@ fn owner_checked(done: i64, refusal: impl FnOnce() -> String) -> Result<()> {
 fn encode_groups(groups: &[(String, Vec<Record>)]) -> Result<Arc<Vec<EncodedGroup>>> {
     let encoded = groups
         .iter()
-        .map(|(_, records)| {
-            let mut group = EncodedGroup {
-                data: Vec::with_capacity(records.len() * 1536),
-                ends: Vec::with_capacity(records.len()),
-            };
-            for r in records {
-                group
-                    .push_with(|out| sonic_rs::to_writer(out, &**r))
-                    .map_err(|e| Error::Buffer(format!("serialising for Redis: {e}")))?;
-            }
-            Ok(group)
-        })
+        .map(|(_, records)| encode_group(records.iter().map(|r| &**r)))
         .collect::<Result<Vec<EncodedGroup>>>()?;
     Ok(Arc::new(encoded))
+}
+
+/// One group's records (owned or borrowing their text: both serialise alike).
+fn encode_group<'r, L: serde::Serialize + 'r>(
+    records: impl ExactSizeIterator<Item = &'r L>,
+) -> Result<EncodedGroup> {
+    let mut group = EncodedGroup {
+        data: Vec::with_capacity(records.len() * 1536),
+        ends: Vec::with_capacity(records.len()),
+    };
+    for r in records {
+        group
+            .push_with(|out| sonic_rs::to_writer(out, r))
+            .map_err(|e| Error::Buffer(format!("serialising for Redis: {e}")))?;
+    }
+    Ok(group)
 }
 
 impl Buffer for RedisBuffer {
@@ -388,7 +393,20 @@ impl Buffer for RedisBuffer {
         Ok(())
     }
 
+    fn encode_refs(&self, groups: &[Vec<&LogRef<'_>>]) -> Result<Option<Arc<Vec<EncodedGroup>>>> {
+        let encoded = groups
+            .iter()
+            .map(|records| encode_group(records.iter().copied()))
+            .collect::<Result<Vec<EncodedGroup>>>()?;
+        Ok(Some(Arc::new(encoded)))
+    }
+
     fn push(&self, batch: PushBatch) -> Result<Vec<usize>> {
+        if batch.columns.is_some() {
+            return Err(Error::Buffer(
+                "the Redis buffer cannot take a columnar push".into(),
+            ));
+        }
         let encoded = match &batch.encoded {
             Some(encoded) if encoded.len() == batch.groups.len() => Arc::clone(encoded),
             _ => encode_groups(&batch.groups)?,

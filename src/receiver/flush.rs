@@ -263,6 +263,7 @@ impl Inner {
                     groups: Vec::new(),
                     dlq: entries,
                     encoded: None,
+                    columns: None,
                 })?;
                 if good.is_empty() {
                     return Ok(());

@@ -6,6 +6,7 @@
 //! Records leave the buffer only after their file was written or their data was put in
 //! the recovery bucket, so a failure at any step loses nothing.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,12 +16,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use parking_lot::{Condvar, Mutex};
 
-use crate::buffer::{Buffer, DlqEntry, PushBatch, Record};
+use crate::buffer::mem::counted_bytes;
+use crate::buffer::{Buffer, ColumnBlock, DlqEntry, GroupRows, PushBatch, Record, RefGroup};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::convert::EncodeOptions;
+use crate::convert::{EncodeOptions, LogColumns};
 use crate::error::{Error, Result};
-use crate::record::{Log, format_time};
+use crate::record::{Hour, Log, LogRef, format_time};
 use crate::writer::Writer;
 
 /// How often the background thread looks at keys' ages and the recovery bucket.
@@ -199,10 +201,20 @@ impl Receiver {
 
     /// Pushes a batch made by [`Receiver::prepare`], waiting as [`Receiver::push_wait`] does.
     pub fn push_prepared_wait(&self, batch: PushBatch, timeout: Duration) -> Result<usize> {
+        // Records and their encoding are shared (`Arc`): a copy for a retry is cheap.
+        self.retry_until(timeout, || self.push_prepared(batch.clone()))
+    }
+
+    /// Repeats `attempt` while it fails with a retryable error, up to `timeout`, making
+    /// room meanwhile (the flusher, or a flush here when there is no flusher thread).
+    fn retry_until(
+        &self,
+        timeout: Duration,
+        mut attempt: impl FnMut() -> Result<usize>,
+    ) -> Result<usize> {
         let deadline = Instant::now() + timeout;
         loop {
-            // Records and their encoding are shared (`Arc`): a copy for a retry is cheap.
-            match self.push_prepared(batch.clone()) {
+            match attempt() {
                 Ok(n) => return Ok(n),
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     if self.flushers.lock().is_empty() {
@@ -239,21 +251,225 @@ impl Receiver {
             groups: groups.into_iter().collect(),
             dlq,
             encoded: None,
+            columns: None,
         };
         self.inner.buffer.encode(&mut batch)?;
         Ok(batch)
     }
 
+    /// [`Receiver::prepare`] for records that borrow their text from the input they were
+    /// decoded from ([`crate::record::decode_json_ref`]). For the memory buffer they go
+    /// straight into Arrow columns (one block for the batch) and for Redis straight into
+    /// its encoding: no owned record is ever made.
+    pub fn prepare_refs(&self, records: Vec<LogRef<'_>>, dlq: Vec<DlqEntry>) -> Result<PushBatch> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let buffer = &self.inner.buffer;
+        let now = self.inner.clock.now();
+        let now_text = format_time(now);
+        let now_hour = Hour::of(now);
+        let mut records = records;
+        let Grouping {
+            keys,
+            members,
+            filled,
+        } = self.group_refs(&mut records, &now_text);
+        let no_records = || keys.iter().map(|k| (k.clone(), Vec::new())).collect();
+        if buffer.takes_columns() {
+            // One Arrow block, each group's rows consecutive in it.
+            let mut columns = LogColumns::new();
+            let mut groups = Vec::with_capacity(members.len());
+            let mut start = 0;
+            for rows in &members {
+                let mut g = GroupRows {
+                    start,
+                    len: rows.len(),
+                    hours: Vec::with_capacity(rows.len()),
+                    sizes: Vec::with_capacity(rows.len()),
+                };
+                for &i in rows {
+                    let log = &records[i as usize];
+                    let hour = if filled[i as usize] {
+                        Some(now_hour)
+                    } else {
+                        log.parsed_time().map(Hour::of)
+                    };
+                    g.hours.push(hour);
+                    g.sizes.push(counted_bytes(columns.append(log)));
+                }
+                start += rows.len();
+                groups.push(g);
+            }
+            let block = ColumnBlock {
+                batch: columns.finish()?,
+                groups,
+            };
+            return Ok(PushBatch {
+                groups: no_records(),
+                dlq,
+                encoded: None,
+                columns: Some(Arc::new(block)),
+            });
+        }
+        let grouped: Vec<Vec<&LogRef<'_>>> = members
+            .iter()
+            .map(|rows| rows.iter().map(|&i| &records[i as usize]).collect())
+            .collect();
+        if let Some(encoded) = buffer.encode_refs(&grouped)? {
+            return Ok(PushBatch {
+                groups: no_records(),
+                dlq,
+                encoded: Some(encoded),
+                columns: None,
+            });
+        }
+        drop(grouped);
+        let groups = members
+            .iter()
+            .map(|rows| {
+                rows.iter()
+                    .map(|&i| Arc::new(std::mem::take(&mut records[i as usize]).into_owned()))
+                    .collect()
+            })
+            .collect::<Vec<Vec<Record>>>();
+        let mut batch = PushBatch {
+            groups: keys.into_iter().zip(groups).collect(),
+            dlq,
+            encoded: None,
+            columns: None,
+        };
+        buffer.encode(&mut batch)?;
+        Ok(batch)
+    }
+
+    /// Fills empty times with `now_text` and groups records by partition key, keeping each
+    /// group's arrival order (records are not moved).
+    fn group_refs<'t>(&self, records: &mut [LogRef<'t>], now_text: &'t str) -> Grouping {
+        let default_cap = self.inner.config.default_capability();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut g = Grouping {
+            keys: Vec::new(),
+            members: Vec::new(),
+            filled: vec![false; records.len()],
+        };
+        let mut key = String::with_capacity(64);
+        for (i, log) in records.iter_mut().enumerate() {
+            if log.time.is_empty() {
+                log.time = Cow::Borrowed(now_text);
+                g.filled[i] = true;
+            }
+            log.write_partition_key(default_cap, &mut key);
+            let at = match index.get(key.as_str()) {
+                Some(&at) => at,
+                None => {
+                    index.insert(key.clone(), g.keys.len());
+                    g.keys.push(key.clone());
+                    g.members.push(Vec::new());
+                    g.keys.len() - 1
+                }
+            };
+            g.members[at].push(i as u32);
+        }
+        g
+    }
+
+    /// [`Receiver::push`] for records that borrow their text (see
+    /// [`Receiver::prepare_refs`]). With the memory buffer they are appended to their
+    /// keys' columns straight from the input (one copy in all).
+    pub fn push_refs(&self, records: Vec<LogRef<'_>>, dlq: Vec<DlqEntry>) -> Result<usize> {
+        self.push_refs_within(records, dlq, None)
+    }
+
+    /// [`Receiver::push_wait`] for records that borrow their text.
+    pub fn push_refs_wait(
+        &self,
+        records: Vec<LogRef<'_>>,
+        dlq: Vec<DlqEntry>,
+        timeout: Duration,
+    ) -> Result<usize> {
+        self.push_refs_within(records, dlq, Some(timeout))
+    }
+
+    fn push_refs_within(
+        &self,
+        records: Vec<LogRef<'_>>,
+        dlq: Vec<DlqEntry>,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
+        let buffer = &self.inner.buffer;
+        if !buffer.takes_columns() {
+            let batch = self.prepare_refs(records, dlq)?;
+            return match timeout {
+                Some(t) => self.push_prepared_wait(batch, t),
+                None => self.push_prepared(batch),
+            };
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let now = self.inner.clock.now();
+        let now_text = format_time(now);
+        let now_hour = Hour::of(now);
+        let mut records = records;
+        let grouping = self.group_refs(&mut records, &now_text);
+        let groups: Vec<RefGroup<'_, '_>> = grouping
+            .members
+            .iter()
+            .map(|rows| {
+                let mut g = RefGroup {
+                    records: Vec::with_capacity(rows.len()),
+                    hours: Vec::with_capacity(rows.len()),
+                    sizes: Vec::with_capacity(rows.len()),
+                };
+                for &i in rows {
+                    let log = &records[i as usize];
+                    g.hours.push(if grouping.filled[i as usize] {
+                        Some(now_hour)
+                    } else {
+                        log.parsed_time().map(Hour::of)
+                    });
+                    g.sizes.push(counted_bytes(LogColumns::row_bytes(log)));
+                    g.records.push(log);
+                }
+                g
+            })
+            .collect();
+        let keys = &grouping.keys;
+        let count = records.len();
+        let attempt = || {
+            self.push_attempt(keys, count, dlq.len(), || {
+                buffer.push_refs(keys, &groups, dlq.clone())
+            })
+        };
+        match timeout {
+            Some(t) => self.retry_until(t, attempt),
+            None => attempt(),
+        }
+    }
+
     fn push_prepared(&self, batch: PushBatch) -> Result<usize> {
+        let keys: Vec<String> = batch.groups.iter().map(|(k, _)| k.clone()).collect();
+        let (count, dlq_count) = (batch.record_count(), batch.dlq.len());
+        self.push_attempt(&keys, count, dlq_count, || self.inner.buffer.push(batch))
+    }
+
+    /// One push to the buffer (`push`, which returns each of `keys`' length afterwards)
+    /// and its bookkeeping: counters, first-seen times, keys due for a flush.
+    fn push_attempt(
+        &self,
+        keys: &[String],
+        count: usize,
+        dlq_count: usize,
+        push: impl FnOnce() -> Result<Vec<usize>>,
+    ) -> Result<usize> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         let now = inner.clock.now();
-        let count = batch.record_count();
-        let dlq_count = batch.dlq.len() as u64;
-        let keys: Vec<String> = batch.groups.iter().map(|(k, _)| k.clone()).collect();
-        let lens = match inner.buffer.push(batch) {
+        let dlq_count = dlq_count as u64;
+        let lens = match push() {
             Ok(lens) => lens,
             Err(e) => {
                 inner.counters.push_refused.fetch_add(1, Ordering::Relaxed);
@@ -278,17 +494,17 @@ impl Receiver {
             && !inner.pressure.swap(true, Ordering::AcqRel);
         {
             let mut first = inner.first_seen.lock();
-            for key in &keys {
-                first.entry(key.clone()).or_insert(now);
+            for key in keys {
+                if !first.contains_key(key) {
+                    first.insert(key.clone(), now);
+                }
             }
             let mut due = inner.due.lock();
-            for (key, len) in keys.into_iter().zip(lens) {
+            for (key, len) in keys.iter().zip(lens) {
                 if len >= inner.config.buffer_size
-                    && !due
-                        .iter()
-                        .any(|(k, m)| *k == key && *m == Mode::FullBatches)
+                    && !due.iter().any(|(k, m)| k == key && *m == Mode::FullBatches)
                 {
-                    due.push_back((key, Mode::FullBatches));
+                    due.push_back((key.clone(), Mode::FullBatches));
                     any_due = true;
                 }
             }
@@ -411,6 +627,16 @@ impl Drop for Receiver {
             log::error!("receiver dropped without close; closing failed: {e}");
         }
     }
+}
+
+/// Records grouped by partition key by [`Receiver::group_refs`].
+struct Grouping {
+    /// The keys, in order of first appearance.
+    keys: Vec<String>,
+    /// Each key's records (indexes), in arrival order.
+    members: Vec<Vec<u32>>,
+    /// Which records had no time and got the arrival time.
+    filled: Vec<bool>,
 }
 
 /// Marks a key as being flushed by this thread; released on drop.

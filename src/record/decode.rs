@@ -12,13 +12,15 @@
 //!   under their original key, nested values as compact JSON;
 //! * only input that is not an object at all is an error (it goes to the DLQ).
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::marker::PhantomData;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{Log, StringMap};
+use super::{Log, LogOf, LogRef};
 use crate::error::{Error, Result};
 
 /// A decoded value of any shape, borrowing strings from the input where it can.
@@ -44,22 +46,22 @@ pub enum Loose<'a> {
     Map(Vec<(Cow<'a, str>, Loose<'a>)>),
 }
 
-impl Loose<'_> {
-    /// Like [`Loose::scalar_text`], consuming the value (an owned string is moved, not
-    /// copied); a non-scalar is handed back.
-    fn into_scalar_text(self) -> std::result::Result<String, Self> {
+impl<'a> Loose<'a> {
+    /// Like [`Loose::scalar_text`], consuming the value (a string is moved, borrowed or
+    /// not, never copied); a non-scalar is handed back.
+    fn into_scalar_text(self) -> std::result::Result<Cow<'a, str>, Self> {
         match self {
-            Loose::Str(s) => Ok(s.into_owned()),
+            Loose::Str(s) => Ok(s),
             Loose::Null | Loose::Array(_) | Loose::Map(_) => Err(self),
-            other => Ok(other.scalar_text().unwrap_or_default()),
+            other => Ok(Cow::Owned(other.scalar_text().unwrap_or_default())),
         }
     }
 
     /// Like [`Loose::any_text`], consuming the value.
-    fn into_any_text(self) -> String {
+    fn into_any_text(self) -> Cow<'a, str> {
         match self {
-            Loose::Str(s) => s.into_owned(),
-            other => other.any_text(),
+            Loose::Str(s) => s,
+            other => Cow::Owned(other.any_text()),
         }
     }
 
@@ -347,25 +349,38 @@ fn to_bool(v: &Loose<'_>) -> Option<bool> {
     }
 }
 
-fn to_list(v: Loose<'_>) -> std::result::Result<Vec<String>, Loose<'_>> {
+fn to_list<'a, S: Text<'a>>(v: Loose<'a>) -> std::result::Result<Vec<S>, Loose<'a>> {
     match v {
-        Loose::Array(items) => Ok(items.into_iter().map(Loose::into_any_text).collect()),
+        Loose::Array(items) => Ok(items
+            .into_iter()
+            .map(|item| S::from(item.into_any_text()))
+            .collect()),
         Loose::Map(_) => Err(v),
-        scalar => scalar.into_scalar_text().map(|s| vec![s]),
+        scalar => scalar.into_scalar_text().map(|s| vec![S::from(s)]),
     }
 }
 
-fn insert_unique(map: &mut StringMap, key: &str, value: String) {
-    use std::collections::btree_map::Entry;
-    let mut n = 1;
+/// The text type of a record being decoded: `String` for a [`Log`], `Cow<'a, str>` for a
+/// [`super::LogRef`] borrowing the input.
+pub trait Text<'a>: From<Cow<'a, str>> + Ord + Borrow<str> + Default {}
+
+impl<'a, S: From<Cow<'a, str>> + Ord + Borrow<str> + Default> Text<'a> for S {}
+
+/// Inserts `key` (or `key#2`, `key#3`... when taken) into a map column.
+pub(crate) fn insert_unique<'a, S: Text<'a>>(
+    map: &mut BTreeMap<S, S>,
+    key: Cow<'a, str>,
+    value: S,
+) {
+    if !map.contains_key(key.as_ref()) {
+        map.insert(S::from(key), value);
+        return;
+    }
+    let mut n = 2;
     loop {
-        let candidate = if n == 1 {
-            key.to_string()
-        } else {
-            format!("{key}#{n}")
-        };
-        if let Entry::Vacant(slot) = map.entry(candidate) {
-            slot.insert(value);
+        let candidate = format!("{key}#{n}");
+        if !map.contains_key(candidate.as_str()) {
+            map.insert(S::from(Cow::Owned(candidate)), value);
             return;
         }
         n += 1;
@@ -373,32 +388,38 @@ fn insert_unique(map: &mut StringMap, key: &str, value: String) {
 }
 
 /// Accumulates one record; see the module rules.
-#[derive(Default)]
-struct Builder {
-    log: Log,
+struct Builder<S: Ord> {
+    log: LogOf<S>,
     filled: u64,
 }
 
-impl Builder {
+impl<'a, S: Text<'a>> Builder<S> {
+    fn new() -> Self {
+        Builder {
+            log: LogOf::default(),
+            filled: 0,
+        }
+    }
+
     /// One key/value of the input: into its column, or kept as an extra field.
-    fn entry(&mut self, key: &str, value: Loose<'_>) {
-        match lookup(key) {
+    fn entry(&mut self, key: Cow<'a, str>, value: Loose<'a>) {
+        match lookup(&key) {
             Some(field) => self.set(field, key, value),
             None if matches!(value, Loose::Null) => {}
             None => self.extra(key, value),
         }
     }
 
-    fn extra(&mut self, key: &str, value: Loose<'_>) {
-        let text = value.into_any_text();
+    fn extra(&mut self, key: Cow<'a, str>, value: Loose<'a>) {
+        let text = S::from(value.into_any_text());
         insert_unique(
-            self.log.extra_fields.get_or_insert_with(StringMap::new),
+            self.log.extra_fields.get_or_insert_with(BTreeMap::new),
             key,
             text,
         );
     }
 
-    fn set(&mut self, field: Field, key: &str, value: Loose<'_>) {
+    fn set(&mut self, field: Field, key: Cow<'a, str>, value: Loose<'a>) {
         if matches!(value, Loose::Null) {
             return;
         }
@@ -416,17 +437,17 @@ impl Builder {
 
     /// Puts `value` into `field`, or hands it back when it does not fit (the caller keeps
     /// it as an extra field).
-    fn apply<'v>(&mut self, field: Field, value: Loose<'v>) -> std::result::Result<(), Loose<'v>> {
+    fn apply(&mut self, field: Field, value: Loose<'a>) -> std::result::Result<(), Loose<'a>> {
         let l = &mut self.log;
         macro_rules! req {
             ($f:ident) => {{
-                l.$f = value.into_scalar_text()?;
+                l.$f = S::from(value.into_scalar_text()?);
                 Ok(())
             }};
         }
         macro_rules! opt {
             ($f:ident) => {{
-                l.$f = Some(value.into_scalar_text()?);
+                l.$f = Some(S::from(value.into_scalar_text()?));
                 Ok(())
             }};
         }
@@ -488,43 +509,47 @@ impl Builder {
                 } else {
                     &mut l.extra_fields
                 };
-                let target = target.get_or_insert_with(StringMap::new);
+                let target = target.get_or_insert_with(BTreeMap::new);
                 for (k, v) in entries {
-                    insert_unique(target, &k, v.into_any_text());
+                    insert_unique(target, k, S::from(v.into_any_text()));
                 }
                 Ok(())
             }
             Field::Host => {
-                let host = value.into_scalar_text()?;
-                insert_unique(l.args.get_or_insert_with(StringMap::new), "host", host);
+                let host = S::from(value.into_scalar_text()?);
+                insert_unique(
+                    l.args.get_or_insert_with(BTreeMap::new),
+                    Cow::Borrowed("host"),
+                    host,
+                );
                 Ok(())
             }
         }
     }
 }
 
-struct LogVisitor;
+struct LogVisitor<S>(PhantomData<S>);
 
-impl<'de> Visitor<'de> for LogVisitor {
-    type Value = Log;
+impl<'de, S: Text<'de>> Visitor<'de> for LogVisitor<S> {
+    type Value = LogOf<S>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON object (one log record)")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Log, A::Error> {
-        let mut b = Builder::default();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<LogOf<S>, A::Error> {
+        let mut b = Builder::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let value = map.next_value_seed(LooseSeed(1))?;
-            b.entry(&key, value);
+            b.entry(key, value);
         }
         Ok(b.log)
     }
 }
 
-impl<'de> Deserialize<'de> for Log {
+impl<'de, S: Text<'de>> Deserialize<'de> for LogOf<S> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_map(LogVisitor)
+        d.deserialize_map(LogVisitor(PhantomData))
     }
 }
 
@@ -534,7 +559,7 @@ pub struct LogSeed;
 impl<'de> DeserializeSeed<'de> for LogSeed {
     type Value = Log;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Log, D::Error> {
-        d.deserialize_map(LogVisitor)
+        d.deserialize_map(LogVisitor(PhantomData))
     }
 }
 
@@ -556,6 +581,15 @@ pub fn decode_json_bytes(bytes: &[u8], what: impl FnOnce() -> String) -> Result<
     })
 }
 
+/// Like [`decode_json_bytes`], borrowing the record's text from `bytes` where it can: no
+/// allocation per string unless it has escapes.
+pub fn decode_json_ref(bytes: &[u8], what: impl FnOnce() -> String) -> Result<LogRef<'_>> {
+    sonic_rs::from_slice::<LogRef<'_>>(bytes).map_err(|e| Error::Decode {
+        what: what(),
+        reason: describe_json_error(&e),
+    })
+}
+
 fn describe_json_error(e: &sonic_rs::Error) -> String {
     match e.classify() {
         sonic_rs::error::Category::TypeUnmatched => {
@@ -567,7 +601,10 @@ fn describe_json_error(e: &sonic_rs::Error) -> String {
 
 /// Builds a record from an already decoded map (the msgpack path). Anything other than a
 /// map is an error naming `what`.
-pub fn from_loose(value: Loose<'_>, what: impl FnOnce() -> String) -> Result<Log> {
+pub fn from_loose<'a, S: Text<'a>>(
+    value: Loose<'a>,
+    what: impl FnOnce() -> String,
+) -> Result<LogOf<S>> {
     let Loose::Map(entries) = value else {
         return Err(Error::Decode {
             what: what(),
@@ -577,9 +614,9 @@ pub fn from_loose(value: Loose<'_>, what: impl FnOnce() -> String) -> Result<Log
             ),
         });
     };
-    let mut b = Builder::default();
+    let mut b = Builder::new();
     for (key, value) in entries {
-        b.entry(&key, value);
+        b.entry(key, value);
     }
     Ok(b.log)
 }
@@ -729,8 +766,8 @@ mod tests {
 
     #[test]
     fn from_loose_requires_a_map() {
-        assert!(from_loose(Loose::I64(3), || "record 1".into()).is_err());
-        let log = from_loose(
+        assert!(from_loose::<String>(Loose::I64(3), || "record 1".into()).is_err());
+        let log: Log = from_loose(
             Loose::Map(vec![(
                 Cow::Borrowed("message"),
                 Loose::Str(Cow::Borrowed("x")),
@@ -739,5 +776,22 @@ mod tests {
         )
         .expect("map");
         assert_eq!(log.message, "x");
+    }
+
+    #[test]
+    fn borrowed_decoding_borrows_plain_text_and_matches_owned() {
+        let line = r#"{"message":"plain","level":"a\nb","tags":["x","y\u00e9"],"args":{"k":"v"},"extra":{"n":1},"n":5}"#;
+        let r = decode_json_ref(line.as_bytes(), || "line 1".into()).expect("decodes");
+        assert!(matches!(r.message, Cow::Borrowed("plain")));
+        assert!(matches!(r.level, Cow::Owned(ref s) if s == "a\nb"));
+        let tags = r.tags.as_ref().expect("tags");
+        assert!(matches!(tags[0], Cow::Borrowed("x")));
+        assert_eq!(tags[1], "yé");
+        let owned = decode_json_bytes(line.as_bytes(), || "line 1".into()).expect("decodes");
+        assert_eq!(r.clone().into_owned(), owned);
+        assert_eq!(owned.borrowed(), r);
+        let extra = owned.extra_fields.as_ref().expect("extra");
+        assert_eq!(extra["extra"], r#"{"n":1}"#);
+        assert_eq!(extra["n"], "5");
     }
 }

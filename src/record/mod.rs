@@ -4,111 +4,129 @@
 pub mod decode;
 pub mod generator;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use serde::Serialize;
 
-pub use decode::{Loose, decode_json_bytes, decode_json_line, from_loose};
+pub use decode::{Loose, decode_json_bytes, decode_json_line, decode_json_ref, from_loose};
 
 /// Key/value map columns (`args`, `extra_fields`). Sorted, so files are deterministic.
 pub type StringMap = BTreeMap<String, String>;
 
-/// One log record in the seed's fixed 32-column schema. Field names serialise as the
-/// Parquet column names (snake_case). Non-`Option` fields are required columns.
+/// One log record that owns its text: what most of the engine passes around.
+pub type Log = LogOf<String>;
+
+/// One log record whose text borrows from the input it was decoded from where it can
+/// (strings without escapes): decoding a batch this way and appending it to Arrow builders
+/// allocates nothing per string. [`LogOf::into_owned`] makes a [`Log`] of it.
+pub type LogRef<'a> = LogOf<Cow<'a, str>>;
+
+/// One log record in the seed's fixed 32-column schema, generic over its text type (see
+/// [`Log`] and [`LogRef`]). Field names serialise as the Parquet column names (snake_case).
+/// Non-`Option` fields are required columns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Log {
+pub struct LogOf<S: Ord> {
     /// Event time as given by the source (RFC 3339 when produced by data2parquet).
-    pub time: String,
+    pub time: S,
     /// Severity.
-    pub level: String,
+    pub level: S,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
+    pub session_id: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
+    pub message_id: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub person_id: Option<String>,
+    pub person_id: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
+    pub user_id: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<String>,
+    pub device_id: Option<S>,
     /// The log message.
-    pub message: String,
+    pub message: S,
     /// First part of the partition key.
-    pub business_capability: String,
+    pub business_capability: S,
     /// Second part of the partition key.
-    pub business_domain: String,
+    pub business_domain: S,
     /// Third part of the partition key.
-    pub business_service: String,
+    pub business_service: S,
     /// Fourth part of the partition key.
-    pub application_service: String,
+    pub application_service: S,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_type: Option<String>,
+    pub resource_type: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cloud_provider: Option<String>,
+    pub cloud_provider: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source_id: Option<String>,
+    pub source_id: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_response: Option<String>,
+    pub http_response: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<String>,
+    pub error_code: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stack_trace: Option<String>,
+    pub stack_trace: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration: Option<String>,
+    pub duration: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace_ip: Option<Vec<String>>,
+    pub trace_ip: Option<Vec<S>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
+    pub region: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub az: Option<String>,
+    pub az: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tags: Option<Vec<String>>,
+    pub tags: Option<Vec<S>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub args: Option<StringMap>,
+    pub args: Option<BTreeMap<S, S>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub transaction_message_reference: Option<String>,
+    pub transaction_message_reference: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
+    pub ttl: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_index: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub logger_name: Option<String>,
+    pub logger_name: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub thread_name: Option<String>,
+    pub thread_name: Option<S>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub extra_fields: Option<StringMap>,
+    pub extra_fields: Option<BTreeMap<S, S>>,
 }
 
-impl Log {
+impl<S: AsRef<str> + Ord> LogOf<S> {
     /// The partition key `capability:domain:service:application`; a missing capability
     /// becomes `default_capability`, any other missing part `unknown`.
     pub fn partition_key(&self, default_capability: &str) -> String {
+        let mut key = String::with_capacity(64);
+        self.write_partition_key(default_capability, &mut key);
+        key
+    }
+
+    /// Writes [`LogOf::partition_key`] into `key` (cleared first), reusing its allocation.
+    pub fn write_partition_key(&self, default_capability: &str, key: &mut String) {
         fn part<'a>(s: &'a str, default: &'a str) -> &'a str {
             if s.is_empty() { default } else { s }
         }
-        let mut key = String::with_capacity(64);
-        key.push_str(part(&self.business_capability, default_capability));
+        key.clear();
+        key.push_str(part(self.business_capability.as_ref(), default_capability));
         key.push(':');
-        key.push_str(part(&self.business_domain, "unknown"));
+        key.push_str(part(self.business_domain.as_ref(), "unknown"));
         key.push(':');
-        key.push_str(part(&self.business_service, "unknown"));
+        key.push_str(part(self.business_service.as_ref(), "unknown"));
         key.push(':');
-        key.push_str(part(&self.application_service, "unknown"));
-        key
+        key.push_str(part(self.application_service.as_ref(), "unknown"));
     }
 
     /// Parses `time` as an instant: RFC 3339 (with `T` or a space), a naive
     /// `YYYY-MM-DD HH:MM:SS[.f]` taken as UTC, or epoch seconds / milliseconds /
     /// nanoseconds. `None` when it is none of these.
     pub fn parsed_time(&self) -> Option<DateTime<Utc>> {
-        parse_time(&self.time)
+        parse_time(self.time.as_ref())
     }
+}
 
+impl Log {
     /// Fills an empty `time` with `now` in RFC 3339 with nanoseconds.
     pub fn fill_time(&mut self, now: DateTime<Utc>) {
         if self.time.is_empty() {
@@ -121,6 +139,85 @@ impl Log {
         self.args
             .get_or_insert_with(StringMap::new)
             .insert(key.to_string(), value);
+    }
+}
+
+/// Builds a `LogOf` from `$src` field by field: `$one` maps a required text, `$opt` an
+/// optional one, `$list` a list column and `$map` a map column; flags are copied.
+macro_rules! map_fields {
+    ([$($amp:tt)?] $src:expr, $one:expr, $opt:expr, $list:expr, $map:expr) => {{
+        let l = $src;
+        LogOf {
+            time: $one($($amp)? l.time),
+            level: $one($($amp)? l.level),
+            correlation_id: $opt($($amp)? l.correlation_id),
+            session_id: $opt($($amp)? l.session_id),
+            message_id: $opt($($amp)? l.message_id),
+            person_id: $opt($($amp)? l.person_id),
+            user_id: $opt($($amp)? l.user_id),
+            device_id: $opt($($amp)? l.device_id),
+            message: $one($($amp)? l.message),
+            business_capability: $one($($amp)? l.business_capability),
+            business_domain: $one($($amp)? l.business_domain),
+            business_service: $one($($amp)? l.business_service),
+            application_service: $one($($amp)? l.application_service),
+            audit: l.audit,
+            resource_type: $opt($($amp)? l.resource_type),
+            cloud_provider: $opt($($amp)? l.cloud_provider),
+            source_id: $opt($($amp)? l.source_id),
+            http_response: $opt($($amp)? l.http_response),
+            error_code: $opt($($amp)? l.error_code),
+            stack_trace: $opt($($amp)? l.stack_trace),
+            duration: $opt($($amp)? l.duration),
+            trace_ip: $list($($amp)? l.trace_ip),
+            region: $opt($($amp)? l.region),
+            az: $opt($($amp)? l.az),
+            tags: $list($($amp)? l.tags),
+            args: $map($($amp)? l.args),
+            transaction_message_reference: $opt($($amp)? l.transaction_message_reference),
+            ttl: $opt($($amp)? l.ttl),
+            auto_index: l.auto_index,
+            logger_name: $opt($($amp)? l.logger_name),
+            thread_name: $opt($($amp)? l.thread_name),
+            extra_fields: $map($($amp)? l.extra_fields),
+        }
+    }};
+}
+
+impl LogRef<'_> {
+    /// The same record owning its text.
+    pub fn into_owned(self) -> Log {
+        map_fields!(
+            [] self,
+            Cow::into_owned,
+            |s: Option<Cow<'_, str>>| s.map(Cow::into_owned),
+            |l: Option<Vec<Cow<'_, str>>>| l.map(|v| v.into_iter().map(Cow::into_owned).collect()),
+            |m: Option<BTreeMap<Cow<'_, str>, Cow<'_, str>>>| m.map(|m| {
+                m.into_iter()
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            })
+        )
+    }
+}
+
+impl Log {
+    /// The same record borrowing this one's text (no string is copied).
+    pub fn borrowed(&self) -> LogRef<'_> {
+        fn one(s: &str) -> Cow<'_, str> {
+            Cow::Borrowed(s)
+        }
+        fn opt(s: &Option<String>) -> Option<Cow<'_, str>> {
+            s.as_deref().map(Cow::Borrowed)
+        }
+        fn list(l: &Option<Vec<String>>) -> Option<Vec<Cow<'_, str>>> {
+            l.as_ref().map(|v| v.iter().map(|s| one(s)).collect())
+        }
+        fn map(m: &Option<StringMap>) -> Option<BTreeMap<Cow<'_, str>, Cow<'_, str>>> {
+            m.as_ref()
+                .map(|m| m.iter().map(|(k, v)| (one(k), one(v))).collect())
+        }
+        map_fields!([&] self, one, opt, list, map)
     }
 }
 
