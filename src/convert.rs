@@ -370,7 +370,7 @@ pub fn to_record_batch(records: &[Record]) -> Result<RecordBatch> {
 }
 
 /// The columns of a Log batch (as made by [`LogColumns`]), downcast once.
-pub struct LogArrays<'b> {
+struct LogArrays<'b> {
     strs: Vec<&'b StringArray>,
     bools: Vec<&'b BooleanArray>,
     lists: Vec<&'b ListArray>,
@@ -380,7 +380,7 @@ pub struct LogArrays<'b> {
 
 impl<'b> LogArrays<'b> {
     /// Views `batch`; fails when it is not in the Log schema.
-    pub fn new(batch: &'b RecordBatch) -> Result<Self> {
+    fn new(batch: &'b RecordBatch) -> Result<Self> {
         let bad = |what: &str| Error::Encode {
             key: String::new(),
             reason: format!("not a Log batch: column {what}"),
@@ -466,69 +466,6 @@ fn strings_of(a: &ArrayRef) -> &StringArray {
     a.as_any()
         .downcast_ref::<StringArray>()
         .unwrap_or_else(|| EMPTY.get_or_init(|| StringArray::from(Vec::<&str>::new())))
-}
-
-impl LogColumns {
-    /// Appends `len` rows of `from` starting at row `start`: strings and flags in bulk (one
-    /// copy of each column's bytes), lists and maps row by row. The memory buffer moves a
-    /// push decoded elsewhere into its keys this way. Fails only when a column would pass
-    /// `i32::MAX` bytes (see [`LogColumns::text_bytes`]); then some columns may already
-    /// hold the rows, so the caller must not use these builders again.
-    pub fn append_range(&mut self, from: &LogArrays<'_>, start: usize, len: usize) -> Result<()> {
-        let overflow = |e: arrow::error::ArrowError| Error::Buffer(format!("appending rows: {e}"));
-        // Slicing costs about as much as appending a dozen values one by one.
-        let bulk = len >= 16;
-        for (b, a) in self.strings.iter_mut().zip(&from.strs) {
-            let offsets = a.value_offsets();
-            self.text += (offsets[start + len] - offsets[start]) as usize;
-            if bulk {
-                b.append_array(&StringArray::slice(a, start, len))
-                    .map_err(overflow)?;
-            } else {
-                for r in start..start + len {
-                    b.append_option(a.is_valid(r).then(|| a.value(r)));
-                }
-            }
-        }
-        for (b, a) in self.bools.iter_mut().zip(&from.bools) {
-            if bulk {
-                b.append_array(&BooleanArray::slice(a, start, len));
-            } else {
-                for r in start..start + len {
-                    b.append_option(a.is_valid(r).then(|| a.value(r)));
-                }
-            }
-        }
-        for (b, col) in self.lists.iter_mut().zip(0..) {
-            for r in start..start + len {
-                match from.list(col, r) {
-                    Some(items) => {
-                        for item in items {
-                            self.text += item.len();
-                            b.values().append_value(item);
-                        }
-                        b.append(true);
-                    }
-                    None => b.append(false),
-                }
-            }
-        }
-        for (b, col) in self.maps.iter_mut().zip(0..) {
-            for r in start..start + len {
-                let entries = from.map(col, r);
-                let valid = entries.is_some();
-                for (k, v) in entries.into_iter().flatten() {
-                    self.text += k.len() + v.len();
-                    b.keys().append_value(k);
-                    b.values().append_value(v);
-                }
-                b.append(valid)
-                    .map_err(|e| Error::Buffer(format!("appending rows: {e}")))?;
-            }
-        }
-        self.rows += len;
-        Ok(())
-    }
 }
 
 /// Reads the rows of a Log batch (as made by [`LogColumns`]) back into records.
@@ -880,27 +817,6 @@ mod tests {
         for log in varied(20) {
             assert_eq!(cols.append(&log), LogColumns::row_bytes(&log));
             assert_eq!(cols.append(&log.borrowed()), LogColumns::row_bytes(&log));
-        }
-    }
-
-    #[test]
-    fn appending_ranges_copies_rows_exactly() {
-        let logs = varied(60);
-        let records: Vec<Record> = logs.iter().cloned().map(Arc::new).collect();
-        let block = to_record_batch(&records).expect("block");
-        let from = LogArrays::new(&block).expect("a Log batch");
-        // Small ranges are copied value by value, large ones in bulk: both, in any order.
-        for ranges in [vec![(0, 60)], vec![(50, 3), (0, 20), (20, 30), (53, 7)]] {
-            let mut cols = LogColumns::new();
-            let mut want = Vec::new();
-            for (start, len) in ranges {
-                cols.append_range(&from, start, len).expect("append");
-                want.extend_from_slice(&records[start..start + len]);
-            }
-            assert_eq!(cols.len(), 60);
-            let got = cols.finish().expect("batch");
-            assert_eq!(got, to_record_batch(&want).expect("want"));
-            assert_eq!(logs_from_batch(&got).expect("rows").len(), 60);
         }
     }
 }

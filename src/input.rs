@@ -138,35 +138,57 @@ struct Block {
 const BLOCK_BYTES: usize = 4 << 20;
 
 /// Reads up to `batch` lines (or about [`BLOCK_BYTES`]); `None` at the end of the input.
+/// Whole buffers of the reader are copied at once, lines found with `memchr`.
 fn read_block<R: BufRead>(
     reader: &mut R,
     name: &str,
     batch: usize,
     line_no: &mut u64,
 ) -> Result<Option<Block>> {
+    let io = |e| Error::io("reading input", name, e);
     let first_line = *line_no + 1;
+    let batch = batch.max(1);
     // About 1.5 KB a line, enough for typical log records without regrowing, but no more
     // than twice what the reader holds now (a small request body gets a small block).
-    let buffered = reader
-        .fill_buf()
-        .map_err(|e| Error::io("reading input", name, e))?
-        .len();
-    let capacity = (batch.max(1) * 1536)
+    let buffered = reader.fill_buf().map_err(io)?.len();
+    let capacity = (batch * 1536)
         .min(BLOCK_BYTES)
         .min(buffered.max(32 * 1024) * 2);
     let mut data = Vec::with_capacity(capacity);
     let mut lines = 0;
-    while lines < batch.max(1) && data.len() < BLOCK_BYTES {
-        let n = reader
-            .read_until(b'\n', &mut data)
-            .map_err(|e| Error::io("reading input", name, e))?;
-        if n == 0 {
+    loop {
+        let buf = reader.fill_buf().map_err(io)?;
+        if buf.is_empty() {
+            // The input ends without a newline: its last line counts too.
+            if data.last().is_some_and(|&b| b != b'\n') {
+                lines += 1;
+            }
             break;
         }
-        lines += 1;
+        // Past BLOCK_BYTES the block ends at the next line end.
+        let wanted = if data.len() >= BLOCK_BYTES {
+            1
+        } else {
+            batch - lines
+        };
+        let mut take = buf.len();
+        let mut found = 0;
+        for pos in memchr::memchr_iter(b'\n', buf) {
+            found += 1;
+            if found == wanted {
+                take = pos + 1;
+                break;
+            }
+        }
+        data.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        lines += found.min(wanted);
+        if found >= wanted && (lines == batch || data.len() >= BLOCK_BYTES) {
+            break;
+        }
     }
     *line_no += lines as u64;
-    Ok((lines > 0).then_some(Block { data, first_line }))
+    Ok((!data.is_empty()).then_some(Block { data, first_line }))
 }
 
 /// Decodes every line of JSON Lines `data` (whose first line is number `first_line` of
@@ -193,95 +215,134 @@ pub fn decode_json_lines<'a>(
     (records, rejected)
 }
 
+/// The turn of one block of [`read_input_parallel`]: blocks take turns in input order.
+pub struct Turn<'t> {
+    seq: u64,
+    order: &'t Order,
+}
+
+/// Which block's turn it is.
+#[derive(Default)]
+struct Order {
+    next: parking_lot::Mutex<u64>,
+    turned: parking_lot::Condvar,
+}
+
+impl Turn<'_> {
+    /// Waits until every earlier block has had its turn (at once when it already has).
+    pub fn wait(&self) {
+        let mut next = self.order.next.lock();
+        while *next != self.seq {
+            self.order.turned.wait(&mut next);
+        }
+    }
+
+    /// Waits for this turn, then passes it on to the next block.
+    fn pass(&self) {
+        self.wait();
+        *self.order.next.lock() += 1;
+        self.order.turned.notify_all();
+    }
+}
+
 /// Like [`read_input`], but JSON Lines are decoded by `threads` threads in parallel, each
-/// also running `prepare` on what it decoded (for json2parquet: grouping and encoding for
-/// the buffer), while this thread hands the results to `sink` in input order (so records of
-/// a key keep their order, and a slow sink, such as a push to Redis, overlaps the decoding
-/// of the next lines). At most `2 * threads` blocks are in flight, so memory stays bounded.
-/// Other formats, and `threads <= 1`, are read by [`read_input`] on this thread.
-pub fn read_input_parallel<R, T, P, S>(
+/// block of lines then handed to `process` on the thread that decoded it, with its records
+/// borrowing their text from the block. `process` does what it can in parallel (for
+/// json2parquet: grouping by key, sizes, encoding), then calls [`Turn::wait`] before what
+/// must happen in input order (the push: records of a key keep their order). At most
+/// `2 * threads` blocks are in flight, so memory stays bounded. The first error stops the
+/// read and is returned. Other formats, and `threads <= 1`, are read by [`read_input`] on
+/// this thread.
+pub fn read_input_parallel<R, P>(
     mut reader: R,
     name: &str,
     batch: usize,
     threads: usize,
-    prepare: &P,
-    sink: &mut S,
+    process: &P,
 ) -> Result<ReadStats>
 where
     R: BufRead + Send,
-    T: Send,
-    P: for<'b> Fn(Vec<LogRef<'b>>, Vec<Rejected>) -> Result<T> + Sync,
-    S: FnMut(T) -> Result<()>,
+    P: for<'b> Fn(Vec<LogRef<'b>>, Vec<Rejected>, &Turn<'_>) -> Result<()> + Sync,
 {
-    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-    /// Records and rejected inputs of a block, and what `prepare` made of them.
-    type Done<T> = Result<(u64, u64, Option<T>)>;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::mpsc::sync_channel;
     if threads <= 1 || detect(&mut reader)? != Format::JsonLines {
+        let order = Order::default();
         return read_input(reader, name, batch, &mut |records, rejected| {
-            sink(prepare(
-                records.iter().map(Log::borrowed).collect(),
-                rejected,
-            )?)
+            let turn = Turn {
+                seq: 0,
+                order: &order,
+            };
+            process(records.iter().map(Log::borrowed).collect(), rejected, &turn)
         });
     }
-    let (job_tx, job_rx) = sync_channel::<(Block, SyncSender<Done<T>>)>(threads);
+    let (job_tx, job_rx) = sync_channel::<(u64, Block)>(threads);
     let job_rx = parking_lot::Mutex::new(job_rx);
-    let (order_tx, order_rx) = sync_channel::<Receiver<Done<T>>>(2 * threads);
+    let order = Order::default();
+    let failed = AtomicBool::new(false);
+    let first_error: parking_lot::Mutex<Option<Error>> = parking_lot::Mutex::new(None);
+    let (records, rejected) = (AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            let job_rx = &job_rx;
-            scope.spawn(move || {
+            scope.spawn(|| {
                 loop {
                     let job = job_rx.lock().recv();
-                    let Ok((block, done)) = job else { break };
-                    let (records, rejected) =
-                        decode_json_lines(&block.data, block.first_line, name);
-                    let (r, j) = (records.len() as u64, rejected.len() as u64);
-                    let result = if r == 0 && j == 0 {
-                        Ok((0, 0, None))
-                    } else {
-                        prepare(records, rejected).map(|p| (r, j, Some(p)))
-                    };
-                    // The receiving end is gone only when the consumer stopped early.
-                    let _ = done.send(result);
+                    let Ok((seq, block)) = job else { break };
+                    let turn = Turn { seq, order: &order };
+                    if !failed.load(Ordering::Acquire) {
+                        let (logs, bad) = decode_json_lines(&block.data, block.first_line, name);
+                        let (r, j) = (logs.len() as u64, bad.len() as u64);
+                        let outcome = if r == 0 && j == 0 {
+                            Ok(())
+                        } else {
+                            process(logs, bad, &turn)
+                        };
+                        match outcome {
+                            Ok(()) => {
+                                records.fetch_add(r, Ordering::Relaxed);
+                                rejected.fetch_add(j, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                failed.store(true, Ordering::Release);
+                                first_error.lock().get_or_insert(e);
+                            }
+                        }
+                    }
+                    // Later blocks wait for this one's turn even after a failure.
+                    turn.pass();
                 }
             });
         }
-        let read = scope.spawn(move || -> Result<u64> {
-            let mut bytes = 0;
-            let mut line_no = 0;
-            while let Some(block) = read_block(&mut reader, name, batch, &mut line_no)? {
-                bytes += block.data.len() as u64;
-                let (done_tx, done_rx) = sync_channel(1);
-                // Either send fails only when the consumer stopped (a sink error): stop too.
-                if order_tx.send(done_rx).is_err() || job_tx.send((block, done_tx)).is_err() {
-                    break;
+        let mut bytes = 0;
+        let mut line_no = 0;
+        let mut seq = 0;
+        let read = loop {
+            if failed.load(Ordering::Acquire) {
+                break Ok(());
+            }
+            match read_block(&mut reader, name, batch, &mut line_no) {
+                Ok(Some(block)) => {
+                    bytes += block.data.len() as u64;
+                    if job_tx.send((seq, block)).is_err() {
+                        break Ok(());
+                    }
+                    seq += 1;
                 }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             }
-            Ok(bytes)
-        });
-        let mut stats = ReadStats::default();
-        let mut outcome = Ok(());
-        for done in order_rx.iter() {
-            let Ok(result) = done.recv() else { continue };
-            let step = result.and_then(|(records, rejected, prepared)| {
-                stats.records += records;
-                stats.rejected += rejected;
-                // `None`: a block of blank lines, nothing to hand on.
-                prepared.map_or(Ok(()), &mut *sink)
-            });
-            if let Err(e) = step {
-                outcome = Err(e);
-                break;
-            }
-        }
-        drop(order_rx);
-        let read = read
-            .join()
-            .map_err(|_| Error::Buffer(format!("the reader of {name} panicked")))?;
-        outcome?;
-        stats.bytes = read?;
-        Ok(stats)
+        };
+        // The workers finish what was sent, then see the channel closed.
+        drop(job_tx);
+        read.map(|()| bytes)
+    })
+    .and_then(|bytes| match first_error.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(ReadStats {
+            records: records.into_inner(),
+            rejected: rejected.into_inner(),
+            bytes,
+        }),
     })
 }
 
@@ -468,6 +529,35 @@ mod tests {
     }
 
     #[test]
+    fn blocks_hold_whole_lines_across_reader_buffers() {
+        let mut input = String::new();
+        for i in 0..300 {
+            input.push_str(&"x".repeat(i % 37));
+            input.push('\n');
+        }
+        input.push_str("last line without newline");
+        for capacity in [1, 7, 64, 1 << 16] {
+            for batch in [1, 5, 64, 1000] {
+                let mut reader = std::io::BufReader::with_capacity(capacity, input.as_bytes());
+                let mut line_no = 0;
+                let mut whole = Vec::new();
+                let mut next_first = 1;
+                while let Some(b) = read_block(&mut reader, "t", batch, &mut line_no).expect("read")
+                {
+                    assert_eq!(b.first_line, next_first);
+                    let lines = b.data.split(|&c| c == b'\n').count()
+                        - usize::from(b.data.ends_with(b"\n"));
+                    assert!(lines <= batch, "{lines} lines in a block of {batch}");
+                    next_first += lines as u64;
+                    whole.extend_from_slice(&b.data);
+                }
+                assert_eq!(whole, input.as_bytes(), "capacity {capacity} batch {batch}");
+                assert_eq!(line_no, 301);
+            }
+        }
+    }
+
+    #[test]
     fn detects_formats() {
         for (text, want) in [
             ("{\"a\":1}\n{\"a\":2}", Format::JsonLines),
@@ -507,25 +597,25 @@ mod tests {
                 _ => input.push_str(&format!("{{\"message\":\"m{i}\"}}\n")),
             }
         }
-        let mut logs = Vec::new();
-        let mut bad = Vec::new();
-        let mut calls = 0;
+        // Collected in turn: the order seen is the order of the input.
+        let collected = parking_lot::Mutex::new((Vec::new(), Vec::new(), 0));
         let stats = read_input_parallel(
             input.as_bytes(),
             "in.jsonl",
             64,
             3,
-            &|l: Vec<LogRef<'_>>, b: Vec<Rejected>| {
-                Ok((l.into_iter().map(LogRef::into_owned).collect(), b))
-            },
-            &mut |(l, b): (Vec<Log>, Vec<Rejected>)| {
-                calls += 1;
-                logs.extend(l);
-                bad.extend(b);
+            &|l: Vec<LogRef<'_>>, b: Vec<Rejected>, turn: &Turn<'_>| {
+                let owned: Vec<Log> = l.into_iter().map(LogRef::into_owned).collect();
+                turn.wait();
+                let mut c = collected.lock();
+                c.0.extend(owned);
+                c.1.extend(b);
+                c.2 += 1;
                 Ok(())
             },
         )
         .expect("read");
+        let (logs, bad, calls) = collected.into_inner();
         let want: Vec<String> = (1..=5000)
             .filter(|i| i % 700 != 0 && i % 700 != 350)
             .map(|i| format!("m{i}"))
@@ -542,38 +632,40 @@ mod tests {
     }
 
     #[test]
-    fn parallel_reading_stops_at_the_first_sink_or_prepare_error() {
+    fn parallel_reading_stops_at_the_first_error() {
         let input: String = (0..10_000)
             .map(|i| format!("{{\"message\":\"m{i}\"}}\n"))
             .collect();
-        let mut seen = 0;
+        let seen = parking_lot::Mutex::new(0);
         let err = read_input_parallel(
             input.as_bytes(),
             "in.jsonl",
             10,
             2,
-            &|l: Vec<LogRef<'_>>, _| Ok(l.len()),
-            &mut |n| {
-                seen += n;
-                if seen >= 100 {
+            &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
+                turn.wait();
+                let mut seen = seen.lock();
+                *seen += l.len();
+                if *seen >= 100 {
                     Err(Error::Closed)
                 } else {
                     Ok(())
                 }
             },
         )
-        .expect_err("sink error");
+        .expect_err("process error");
         assert!(matches!(err, Error::Closed), "{err}");
-        assert_eq!(seen, 100);
+        assert_eq!(*seen.lock(), 100, "nothing after the first error");
         let err = read_input_parallel(
             input.as_bytes(),
             "in.jsonl",
             10,
             2,
-            &|_: Vec<LogRef<'_>>, _| -> Result<()> { Err(Error::Buffer("refused".into())) },
-            &mut |()| Ok(()),
+            &|_: Vec<LogRef<'_>>, _, _: &Turn<'_>| -> Result<()> {
+                Err(Error::Buffer("refused".into()))
+            },
         )
-        .expect_err("prepare error");
+        .expect_err("process error");
         assert!(err.to_string().contains("refused"), "{err}");
     }
 

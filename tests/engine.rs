@@ -408,14 +408,14 @@ fn borrowed_pushes_write_exactly_what_owned_pushes_write() {
         let (logs, _) = decode_json_lines(data, 1, "t");
         r.push_refs(logs, Vec::new()).expect("push_refs");
     });
-    let block = written(&|r, data| {
-        let (logs, _) = decode_json_lines(data, 1, "t");
-        let batch = r.prepare_refs(logs, Vec::new()).expect("prepare");
-        assert!(
-            batch.columns.is_some(),
-            "the memory buffer takes a column block"
-        );
-        r.push_prepared_wait(batch, std::time::Duration::from_secs(5))
+    let in_two_halves = written(&|r, data| {
+        let (mut logs, _) = decode_json_lines(data, 1, "t");
+        let prepared = r.prepare_borrowed(&mut logs, Vec::new()).expect("prepare");
+        assert!(matches!(
+            prepared,
+            data2parquet::receiver::PreparedRefs::Direct { .. }
+        ));
+        r.push_borrowed(&prepared, Some(std::time::Duration::from_secs(5)))
             .expect("push");
     });
     let count = |m: &std::collections::BTreeMap<String, Vec<serde_json::Value>>| -> usize {
@@ -424,5 +424,5 @@ fn borrowed_pushes_write_exactly_what_owned_pushes_write() {
     assert_eq!(count(&owned), 3000);
     assert!(owned.len() > 5, "{} partitions", owned.len());
     assert_eq!(direct, owned);
-    assert_eq!(block, owned);
+    assert_eq!(in_two_halves, owned);
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use data2parquet::buffer::redis::RedisBuffer;
 use data2parquet::buffer::{Buffer, DLQ_LOCK, DlqEntry, PushBatch, Record, RecoveryItem};
 use data2parquet::clock::SystemClock;
-use data2parquet::receiver::Background;
+use data2parquet::receiver::{Background, PreparedRefs};
 use data2parquet::writer::file::FileWriter;
 use data2parquet::{Config, Log, Receiver};
 
@@ -96,7 +96,6 @@ fn every_buffer_operation() {
             ],
             dlq: vec![entry.clone()],
             encoded: None,
-            columns: None,
         })
         .expect("push");
     assert_eq!(lens, vec![5, 2]);
@@ -208,7 +207,6 @@ fn instances_take_turns_draining_the_dlq() {
         groups: Vec::new(),
         dlq: entries.clone(),
         encoded: None,
-        columns: None,
     })
     .expect("push");
     // a is draining the DLQ: b neither writes nor trims those entries meanwhile.
@@ -509,10 +507,13 @@ fn borrowed_pushes_store_what_owned_pushes_store() {
     let (logs, _) = decode_json_lines(text.as_bytes(), 1, "t");
     r.push_refs(logs, Vec::new()).expect("push_refs");
     assert_eq!(take_all(), owned);
-    let (logs, _) = decode_json_lines(text.as_bytes(), 1, "t");
-    let batch = r.prepare_refs(logs, Vec::new()).expect("prepare");
-    assert!(batch.encoded.is_some() && batch.columns.is_none());
-    r.push_prepared_wait(batch, std::time::Duration::from_secs(5))
+    let (mut logs, _) = decode_json_lines(text.as_bytes(), 1, "t");
+    let prepared = r.prepare_borrowed(&mut logs, Vec::new()).expect("prepare");
+    match &prepared {
+        PreparedRefs::Batch(batch) => assert!(batch.encoded.is_some(), "encoded when prepared"),
+        other => panic!("Redis takes an encoded batch, not {other:?}"),
+    }
+    r.push_borrowed(&prepared, Some(Duration::from_secs(5)))
         .expect("push");
     assert_eq!(take_all(), owned);
     assert_eq!(r.stats().records_in, 1200);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use data2parquet::input::{Rejected, read_input_parallel};
+use data2parquet::input::{Rejected, Turn, read_input_parallel};
 use data2parquet::receiver::Stats;
 use data2parquet::{Config, Error, Receiver};
 use serde_json::Value;
@@ -96,23 +96,22 @@ fn convert_input(
         let file = File::open(path).map_err(|e| Error::io("opening input", path, e))?;
         Box::new(BufReader::with_capacity(1 << 20, file))
     };
-    // Decoding threads group and encode records for the buffer; this thread pushes them.
-    let prepare = |records: Vec<data2parquet::LogRef<'_>>, rejected: Vec<Rejected>| {
-        let dlq = rejected
-            .into_iter()
-            .map(|r| receiver.dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw))
-            .collect();
-        receiver.prepare_refs(records, dlq)
-    };
-    let mut sink = |batch| receiver.push_prepared_wait(batch, PUSH_TIMEOUT).map(|_| ());
-    let stats = read_input_parallel(
-        reader,
-        &name,
-        PUSH_BATCH,
-        decode_threads(),
-        &prepare,
-        &mut sink,
-    )?;
+    // Decoding threads group (and for Redis encode) records for the buffer, then push
+    // them in input order, taking turns; this thread reads.
+    let process =
+        |records: Vec<data2parquet::LogRef<'_>>, rejected: Vec<Rejected>, turn: &Turn<'_>| {
+            let dlq = rejected
+                .into_iter()
+                .map(|r| receiver.dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw))
+                .collect();
+            let mut records = records;
+            let prepared = receiver.prepare_borrowed(&mut records, dlq)?;
+            turn.wait();
+            receiver
+                .push_borrowed(&prepared, Some(PUSH_TIMEOUT))
+                .map(|_| ())
+        };
+    let stats = read_input_parallel(reader, &name, PUSH_BATCH, decode_threads(), &process)?;
     totals.read += stats.records;
     totals.rejected += stats.rejected;
     totals.input_bytes += stats.bytes;

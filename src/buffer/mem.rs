@@ -12,8 +12,8 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 
-use super::{Buffer, ColumnBlock, Columnar, DlqEntry, PushBatch, Record, RecoveryItem, RefGroup};
-use crate::convert::{LogArrays, LogColumns, logs_from_batch};
+use super::{Buffer, Columnar, DlqEntry, PushBatch, Record, RecoveryItem, RefGroup};
+use crate::convert::{LogColumns, logs_from_batch};
 use crate::error::{Error, Result};
 use crate::record::Hour;
 
@@ -103,53 +103,10 @@ impl MemBuffer {
         st.bytes += added;
         Ok(())
     }
-
-    /// A push decoded straight into columns: each group's rows are copied from the block
-    /// into its key's builders.
-    fn push_columns(&self, batch: PushBatch, block: &ColumnBlock) -> Result<Vec<usize>> {
-        if block.groups.len() != batch.groups.len() {
-            return Err(Error::Buffer(format!(
-                "a columnar push has {} row groups for {} keys",
-                block.groups.len(),
-                batch.groups.len()
-            )));
-        }
-        let from = LogArrays::new(&block.batch)?;
-        let added: usize = block
-            .groups
-            .iter()
-            .flat_map(|g| g.sizes.iter().map(|s| *s as usize))
-            .sum::<usize>()
-            + batch
-                .dlq
-                .iter()
-                .map(DlqEntry::estimated_size)
-                .sum::<usize>();
-        let mut st = self.state.lock();
-        self.admit(&mut st, added)?;
-        st.dlq.extend(batch.dlq);
-        let mut lens = Vec::with_capacity(block.groups.len());
-        for ((key, _), g) in batch.groups.iter().zip(&block.groups) {
-            let data = st.keys.entry(key.clone()).or_default();
-            let incoming: usize = g.sizes.iter().map(|s| *s as usize).sum();
-            if data.active.text_bytes() + incoming > SEAL_BYTES {
-                data.seal()?;
-            }
-            data.active.append_range(&from, g.start, g.len)?;
-            data.active_sizes.extend_from_slice(&g.sizes);
-            data.active_hours.extend_from_slice(&g.hours);
-            data.rows += g.len;
-            lens.push(data.rows);
-        }
-        Ok(lens)
-    }
 }
 
 impl Buffer for MemBuffer {
     fn push(&self, batch: PushBatch) -> Result<Vec<usize>> {
-        if let Some(block) = batch.columns.clone() {
-            return self.push_columns(batch, &block);
-        }
         // Sizes and hours are worked out before taking the lock.
         let rows: Vec<(Vec<u32>, Vec<Option<Hour>>)> = batch
             .groups
@@ -341,7 +298,7 @@ impl Buffer for MemBuffer {
         format!("mem (max {} bytes)", self.max_bytes)
     }
 
-    fn takes_columns(&self) -> bool {
+    fn takes_refs(&self) -> bool {
         true
     }
 
@@ -393,7 +350,6 @@ mod tests {
             groups: vec![(key.to_string(), records)],
             dlq: Vec::new(),
             encoded: None,
-            columns: None,
         }
     }
 
@@ -496,7 +452,6 @@ mod tests {
             groups: Vec::new(),
             dlq: vec![e.clone(), e.clone()],
             encoded: None,
-            columns: None,
         })
         .expect("dlq");
         assert_eq!(b.get_dlq(10).expect("get").len(), 2);

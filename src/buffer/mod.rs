@@ -174,15 +174,14 @@ pub trait Buffer: Send + Sync {
     fn encode(&self, _batch: &mut PushBatch) -> Result<()> {
         Ok(())
     }
-    /// Whether `push` takes a [`PushBatch::columns`] block (records decoded straight into
-    /// Arrow columns, see [`crate::Receiver::prepare_refs`]). Only then may a push carry
-    /// one; a buffer that does not must refuse it.
-    fn takes_columns(&self) -> bool {
+    /// Whether [`Buffer::push_refs`] is supported: records that borrow their text are
+    /// appended as they are (the memory buffer, which copies them into Arrow columns).
+    fn takes_refs(&self) -> bool {
         false
     }
     /// Appends records that borrow their text, grouped by key (`keys[i]` for `groups[i]`),
     /// and `dlq`, all or nothing, like [`Buffer::push`]. Called only when
-    /// [`Buffer::takes_columns`] is true; the default refuses.
+    /// [`Buffer::takes_refs`] is true; the default refuses.
     fn push_refs(
         &self,
         _keys: &[String],
@@ -205,18 +204,9 @@ pub trait Buffer: Send + Sync {
     }
 }
 
-/// The records of a push in columnar form, for a buffer that keeps them so: one Arrow batch
-/// (Log schema) for the whole push, and which of its rows each group holds.
-#[derive(Debug, Clone)]
-pub struct ColumnBlock {
-    /// Every record of the push.
-    pub batch: arrow::record_batch::RecordBatch,
-    /// One entry per group of the [`PushBatch`], in the same order.
-    pub groups: Vec<GroupRows>,
-}
-
 /// The records of one key in a push of records that borrow their text
-/// ([`Buffer::push_refs`]), with each one's hour and counted size (as in [`GroupRows`]).
+/// ([`Buffer::push_refs`]), with each one's hour (as in [`Columnar::hours`]) and size as
+/// the memory buffer counts it against `BufferMaxBytes`.
 #[derive(Debug, Default)]
 pub struct RefGroup<'r, 'a> {
     /// The records, in arrival order.
@@ -224,19 +214,6 @@ pub struct RefGroup<'r, 'a> {
     /// Each record's hour.
     pub hours: Vec<Option<crate::record::Hour>>,
     /// Each record's counted size.
-    pub sizes: Vec<u32>,
-}
-
-/// The rows of one group in a [`ColumnBlock`]: consecutive, in arrival order.
-#[derive(Debug, Clone, Default)]
-pub struct GroupRows {
-    /// The group's first row in the block's batch.
-    pub start: usize,
-    /// Its number of rows.
-    pub len: usize,
-    /// Each row's hour (as [`Columnar::hours`]).
-    pub hours: Vec<Option<crate::record::Hour>>,
-    /// Each row's size as the memory buffer counts it against `BufferMaxBytes`.
     pub sizes: Vec<u32>,
 }
 
@@ -260,9 +237,6 @@ pub struct PushBatch {
     /// The records already encoded by [`Buffer::encode`] (one list per group, in order), or
     /// `None`: then `push` encodes them itself. Shared, so a retried push does not copy it.
     pub encoded: Option<Arc<Vec<EncodedGroup>>>,
-    /// The records in columnar form (then the groups' record lists are empty), for a
-    /// buffer whose [`Buffer::takes_columns`] is true.
-    pub columns: Option<Arc<ColumnBlock>>,
 }
 
 /// The records of one group encoded back to back in one allocation.
@@ -307,10 +281,9 @@ impl EncodedGroup {
 impl PushBatch {
     /// Number of records (not counting DLQ entries).
     pub fn record_count(&self) -> usize {
-        match (&self.encoded, &self.columns) {
-            (Some(encoded), _) => encoded.iter().map(EncodedGroup::len).sum(),
-            (None, Some(block)) => block.groups.iter().map(|g| g.len).sum(),
-            (None, None) => self.groups.iter().map(|(_, r)| r.len()).sum(),
+        match &self.encoded {
+            Some(encoded) => encoded.iter().map(EncodedGroup::len).sum(),
+            None => self.groups.iter().map(|(_, r)| r.len()).sum(),
         }
     }
 }

@@ -402,11 +402,6 @@ impl Buffer for RedisBuffer {
     }
 
     fn push(&self, batch: PushBatch) -> Result<Vec<usize>> {
-        if batch.columns.is_some() {
-            return Err(Error::Buffer(
-                "the Redis buffer cannot take a columnar push".into(),
-            ));
-        }
         let encoded = match &batch.encoded {
             Some(encoded) if encoded.len() == batch.groups.len() => Arc::clone(encoded),
             _ => encode_groups(&batch.groups)?,

@@ -263,7 +263,6 @@ impl Inner {
                     groups: Vec::new(),
                     dlq: entries,
                     encoded: None,
-                    columns: None,
                 })?;
                 if good.is_empty() {
                     return Ok(());

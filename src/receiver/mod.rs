@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::{Condvar, Mutex};
 
 use crate::buffer::mem::counted_bytes;
-use crate::buffer::{Buffer, ColumnBlock, DlqEntry, GroupRows, PushBatch, Record, RefGroup};
+use crate::buffer::{Buffer, DlqEntry, PushBatch, Record, RefGroup};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::convert::{EncodeOptions, LogColumns};
@@ -251,77 +251,31 @@ impl Receiver {
             groups: groups.into_iter().collect(),
             dlq,
             encoded: None,
-            columns: None,
         };
         self.inner.buffer.encode(&mut batch)?;
         Ok(batch)
     }
 
-    /// [`Receiver::prepare`] for records that borrow their text from the input they were
-    /// decoded from ([`crate::record::decode_json_ref`]). For the memory buffer they go
-    /// straight into Arrow columns (one block for the batch) and for Redis straight into
-    /// its encoding: no owned record is ever made.
-    pub fn prepare_refs(&self, records: Vec<LogRef<'_>>, dlq: Vec<DlqEntry>) -> Result<PushBatch> {
+    /// [`Receiver::prepare`] for records that borrow their text, for a buffer that does not
+    /// take them as they are: Redis serialises them straight into its encoding (no owned
+    /// record is made); any other buffer gets owned records.
+    fn prepare_refs(&self, records: Vec<LogRef<'_>>, dlq: Vec<DlqEntry>) -> Result<PushBatch> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         let buffer = &self.inner.buffer;
-        let now = self.inner.clock.now();
-        let now_text = format_time(now);
-        let now_hour = Hour::of(now);
+        let now_text = format_time(self.inner.clock.now());
         let mut records = records;
-        let Grouping {
-            keys,
-            members,
-            filled,
-        } = self.group_refs(&mut records, &now_text);
-        let no_records = || keys.iter().map(|k| (k.clone(), Vec::new())).collect();
-        if buffer.takes_columns() {
-            // One Arrow block, each group's rows consecutive in it.
-            let mut columns = LogColumns::new();
-            let mut groups = Vec::with_capacity(members.len());
-            let mut start = 0;
-            for rows in &members {
-                let mut g = GroupRows {
-                    start,
-                    len: rows.len(),
-                    hours: Vec::with_capacity(rows.len()),
-                    sizes: Vec::with_capacity(rows.len()),
-                };
-                for &i in rows {
-                    let log = &records[i as usize];
-                    let hour = if filled[i as usize] {
-                        Some(now_hour)
-                    } else {
-                        log.parsed_time().map(Hour::of)
-                    };
-                    g.hours.push(hour);
-                    g.sizes.push(counted_bytes(columns.append(log)));
-                }
-                start += rows.len();
-                groups.push(g);
-            }
-            let block = ColumnBlock {
-                batch: columns.finish()?,
-                groups,
-            };
-            return Ok(PushBatch {
-                groups: no_records(),
-                dlq,
-                encoded: None,
-                columns: Some(Arc::new(block)),
-            });
-        }
+        let Grouping { keys, members, .. } = self.group_refs(&mut records, &now_text);
         let grouped: Vec<Vec<&LogRef<'_>>> = members
             .iter()
             .map(|rows| rows.iter().map(|&i| &records[i as usize]).collect())
             .collect();
         if let Some(encoded) = buffer.encode_refs(&grouped)? {
             return Ok(PushBatch {
-                groups: no_records(),
+                groups: keys.into_iter().map(|k| (k, Vec::new())).collect(),
                 dlq,
                 encoded: Some(encoded),
-                columns: None,
             });
         }
         drop(grouped);
@@ -337,7 +291,6 @@ impl Receiver {
             groups: keys.into_iter().zip(groups).collect(),
             dlq,
             encoded: None,
-            columns: None,
         };
         buffer.encode(&mut batch)?;
         Ok(batch)
@@ -345,7 +298,7 @@ impl Receiver {
 
     /// Fills empty times with `now_text` and groups records by partition key, keeping each
     /// group's arrival order (records are not moved).
-    fn group_refs<'t>(&self, records: &mut [LogRef<'t>], now_text: &'t str) -> Grouping {
+    fn group_refs<'t>(&self, records: &mut [LogRef<'t>], now_text: &str) -> Grouping {
         let default_cap = self.inner.config.default_capability();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut g = Grouping {
@@ -356,7 +309,7 @@ impl Receiver {
         let mut key = String::with_capacity(64);
         for (i, log) in records.iter_mut().enumerate() {
             if log.time.is_empty() {
-                log.time = Cow::Borrowed(now_text);
+                log.time = Cow::Owned(now_text.to_string());
                 g.filled[i] = true;
             }
             log.write_partition_key(default_cap, &mut key);
@@ -393,27 +346,35 @@ impl Receiver {
 
     fn push_refs_within(
         &self,
-        records: Vec<LogRef<'_>>,
+        mut records: Vec<LogRef<'_>>,
         dlq: Vec<DlqEntry>,
         timeout: Option<Duration>,
     ) -> Result<usize> {
-        let buffer = &self.inner.buffer;
-        if !buffer.takes_columns() {
-            let batch = self.prepare_refs(records, dlq)?;
-            return match timeout {
-                Some(t) => self.push_prepared_wait(batch, t),
-                None => self.push_prepared(batch),
-            };
+        let prepared = self.prepare_borrowed(&mut records, dlq)?;
+        self.push_borrowed(&prepared, timeout)
+    }
+
+    /// The CPU-heavy half of [`Receiver::push_refs`], safe to run on any thread: fills empty
+    /// times, groups `records` by key and works out each one's hour and size (memory
+    /// buffer) or encodes them (Redis). Push the result with [`Receiver::push_borrowed`];
+    /// json2parquet prepares on its decoding threads, then pushes in input order.
+    pub fn prepare_borrowed<'r, 'a>(
+        &self,
+        records: &'r mut Vec<LogRef<'a>>,
+        dlq: Vec<DlqEntry>,
+    ) -> Result<PreparedRefs<'r, 'a>> {
+        if !self.inner.buffer.takes_refs() {
+            let batch = self.prepare_refs(std::mem::take(records), dlq)?;
+            return Ok(PreparedRefs::Batch(batch));
         }
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         let now = self.inner.clock.now();
-        let now_text = format_time(now);
         let now_hour = Hour::of(now);
-        let mut records = records;
-        let grouping = self.group_refs(&mut records, &now_text);
-        let groups: Vec<RefGroup<'_, '_>> = grouping
+        let grouping = self.group_refs(records, &format_time(now));
+        let records: &'r [LogRef<'a>] = records;
+        let groups: Vec<RefGroup<'r, 'a>> = grouping
             .members
             .iter()
             .map(|rows| {
@@ -435,12 +396,31 @@ impl Receiver {
                 g
             })
             .collect();
-        let keys = &grouping.keys;
-        let count = records.len();
-        let attempt = || {
-            self.push_attempt(keys, count, dlq.len(), || {
-                buffer.push_refs(keys, &groups, dlq.clone())
-            })
+        Ok(PreparedRefs::Direct {
+            keys: grouping.keys,
+            groups,
+            count: records.len(),
+            dlq,
+        })
+    }
+
+    /// Pushes what [`Receiver::prepare_borrowed`] made; with a `timeout`, waits for room
+    /// as [`Receiver::push_wait`] does.
+    pub fn push_borrowed(
+        &self,
+        prepared: &PreparedRefs<'_, '_>,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
+        let attempt = || match prepared {
+            PreparedRefs::Batch(batch) => self.push_prepared(batch.clone()),
+            PreparedRefs::Direct {
+                keys,
+                groups,
+                count,
+                dlq,
+            } => self.push_attempt(keys, *count, dlq.len(), || {
+                self.inner.buffer.push_refs(keys, groups, dlq.clone())
+            }),
         };
         match timeout {
             Some(t) => self.retry_until(t, attempt),
@@ -627,6 +607,25 @@ impl Drop for Receiver {
             log::error!("receiver dropped without close; closing failed: {e}");
         }
     }
+}
+
+/// Records that borrow their text, made ready for the buffer by
+/// [`Receiver::prepare_borrowed`].
+#[derive(Debug)]
+pub enum PreparedRefs<'r, 'a> {
+    /// For the memory buffer: the records grouped by key, appended at the push.
+    Direct {
+        /// The keys, in order of first appearance.
+        keys: Vec<String>,
+        /// Each key's records with their hours and sizes.
+        groups: Vec<RefGroup<'r, 'a>>,
+        /// Number of records.
+        count: usize,
+        /// Dead-letter entries pushed with them.
+        dlq: Vec<DlqEntry>,
+    },
+    /// For other buffers: a batch as [`Receiver::prepare`] makes.
+    Batch(PushBatch),
 }
 
 /// Records grouped by partition key by [`Receiver::group_refs`].
