@@ -336,3 +336,35 @@ fn concurrent_clients_and_graceful_shutdown_flush_everything() {
     assert_eq!(seen.len(), 4 * 150);
     assert!(seen.values().all(|n| *n == 1));
 }
+
+#[test]
+fn redis_buffer_takes_single_and_batch_posts() {
+    let redis = common::start_redis(&common::RedisOptions::default());
+    let addr = redis.addr();
+    let mut s = ServerProc::start(&[
+        ("BufferType", "redis"),
+        ("RedisHost", addr.as_str()),
+        ("BufferSize", "100000"),
+        ("FlushInterval", "3600"),
+    ]);
+    for i in 0..20 {
+        let (code, body, _) = post(
+            &s.base,
+            "/record/",
+            &format!("{{\"message\":\"single-{i}\",\"tags\":[\"a\",\"b\\u00e9\"]}}"),
+        );
+        assert_eq!(code, 201, "{body}");
+    }
+    let lines: String = (0..300)
+        .map(|i| format!("{{\"message\":\"batch-{i}\",\"args\":{{\"k\":\"v{i}\"}}}}\n"))
+        .collect();
+    let (code, body, _) = post(&s.base, "/records/", &lines);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["accepted"], 300);
+    let (code, body, _) = post(&s.base, "/flush/", "");
+    assert_eq!(code, 200, "{body}");
+    let seen = messages(&s.out);
+    assert_eq!(seen.len(), 320);
+    assert!(seen.values().all(|n| *n == 1));
+    assert_eq!(s.terminate(), Some(0));
+}

@@ -543,7 +543,12 @@ impl Receiver {
         Ok(())
     }
 
-    /// Whether the buffer is ready.
+    /// Whether the buffer lives in this process (memory), so a push never waits on I/O.
+    pub fn buffer_is_local(&self) -> bool {
+        !self.inner.buffer.durable()
+    }
+
+    /// Whether the buffer can serve requests now.
     pub fn buffer_ready(&self) -> bool {
         self.inner.buffer.is_ready()
     }
