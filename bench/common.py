@@ -6,7 +6,7 @@ import subprocess
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RELEASE = ROOT / "target" / "release"
+RELEASE = pathlib.Path(os.environ["D2P_RELEASE"]) if os.environ.get("D2P_RELEASE") else ROOT / "target" / "release"
 WORK = ROOT / "bench-out"
 
 

@@ -111,9 +111,9 @@ fn every_buffer_operation() {
         ["m-0", "m-1", "m-2"]
     );
     assert_eq!(*got[0], *recs[0], "records round-trip through Redis");
-    let id_before = a.batch_id("k1", &got).expect("id");
+    let id_before = a.batch_id("k1").expect("id");
     assert_eq!(
-        a.batch_id("k1", &got),
+        a.batch_id("k1"),
         Some(id_before.clone()),
         "same batch, same name"
     );
@@ -123,11 +123,7 @@ fn every_buffer_operation() {
     assert!(b.try_lock("k1").expect("lock"));
     b.clear("k1", 3).expect("clear");
     b.unlock("k1").expect("unlock");
-    assert_ne!(
-        a.batch_id("k1", &got),
-        Some(id_before),
-        "next batch, next name"
-    );
+    assert_ne!(a.batch_id("k1"), Some(id_before), "next batch, next name");
     assert_eq!(a.get("k1", 10).expect("get").len(), 2);
     assert!(a.try_lock("k2").expect("lock"));
     a.clear("k2", 2).expect("clear");
@@ -517,4 +513,28 @@ fn borrowed_pushes_store_what_owned_pushes_store() {
         .expect("push");
     assert_eq!(take_all(), owned);
     assert_eq!(r.stats().records_in, 1200);
+}
+
+#[test]
+fn a_foreign_entry_in_a_list_is_written_as_its_message_not_lost() {
+    let redis = common::start_redis(&common::RedisOptions::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let r = receiver(config(&redis.addr(), &out, &[]));
+    r.push((0..3).map(|i| log(i, 0)).collect(), Vec::new())
+        .expect("push");
+    // Something else appended to the key's list: not JSON, not UTF-8 either.
+    let client = redis::Client::open(format!("redis://{}", redis.addr())).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    redis::cmd("RPUSH")
+        .arg("data:cap0:d:s:a")
+        .arg(b"not json {\xff".as_slice())
+        .query::<i64>(&mut c)
+        .expect("rpush");
+    r.flush().expect("flush");
+    let seen = messages(&out);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.contains_key("not json {\u{fffd}"), "{seen:?}");
+    assert_eq!(r.stats().records_written, 4);
+    r.close().expect("close");
 }

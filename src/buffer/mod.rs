@@ -154,10 +154,10 @@ pub trait Buffer: Send + Sync {
     /// Whether buffered data survives this process (Redis) or not (memory). At close a
     /// non-durable buffer's leftovers are spilled to local disk.
     fn durable(&self) -> bool;
-    /// A deterministic id for the file made of `records` (the oldest records of `key`),
-    /// so a batch re-flushed after a crash replaces its earlier file instead of
-    /// duplicating it. `None` lets the receiver use a fresh ULID.
-    fn batch_id(&self, _key: &str, _records: &[Record]) -> Option<String> {
+    /// A deterministic id for the file made of the oldest records of `key` (what `get` or
+    /// `get_columnar` just returned), so a batch re-flushed after a crash replaces its
+    /// earlier file instead of duplicating it. `None` lets the receiver use a fresh ULID.
+    fn batch_id(&self, _key: &str) -> Option<String> {
         None
     }
     /// The oldest `max` records of `key` in columnar form, without removing them, when

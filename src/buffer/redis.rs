@@ -26,10 +26,11 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use redis::{Client, Connection, RedisError, Script};
 
-use super::{Buffer, DlqEntry, EncodedGroup, PushBatch, Record, RecoveryItem};
+use super::{Buffer, Columnar, DlqEntry, EncodedGroup, PushBatch, Record, RecoveryItem};
 use crate::config::Config;
+use crate::convert::LogColumns;
 use crate::error::{Error, Result};
-use crate::record::{Log, LogRef};
+use crate::record::{Hour, LogRef};
 
 const CLEAR_SCRIPT: &str = r"
 if redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
@@ -306,23 +307,39 @@ impl RedisBuffer {
 
     fn decode_records(&self, key: &str, items: Vec<Vec<u8>>) -> Vec<Record> {
         items
-            .into_iter()
+            .iter()
             .enumerate()
-            .map(|(i, raw)| {
-                let log = sonic_rs::from_slice::<Log>(&raw).unwrap_or_else(|e| {
-                    // Not written by data2parquet: keep the text rather than lose it.
-                    log::warn!(
-                        "record {i} of `{key}` in Redis is not a record ({e}); kept as its message"
-                    );
-                    Log {
-                        message: String::from_utf8_lossy(&raw).into_owned(),
-                        ..Log::default()
-                    }
-                });
-                Arc::new(log)
-            })
+            .map(|(i, raw)| Arc::new(decode_stored(key, i, raw).into_owned()))
             .collect()
     }
+
+    /// The oldest `max` records of `key`, read as they are stored: `None` when there are
+    /// none.
+    fn range(&self, key: &str, max: usize) -> Result<Option<Vec<Vec<u8>>>> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let items: Vec<Vec<u8>> = self.shared.with_conn("reading from", |c| {
+            redis::cmd("LRANGE")
+                .arg(self.data_key(key))
+                .arg(0)
+                .arg(range_end(max))
+                .query(c)
+        })?;
+        Ok((!items.is_empty()).then_some(items))
+    }
+}
+
+/// One stored record, its text borrowed from `raw`. An entry not written by data2parquet
+/// keeps its text as the message rather than being lost.
+fn decode_stored<'a>(key: &str, i: usize, raw: &'a [u8]) -> LogRef<'a> {
+    sonic_rs::from_slice::<LogRef<'a>>(raw).unwrap_or_else(|e| {
+        log::warn!("record {i} of `{key}` in Redis is not a record ({e}); kept as its message");
+        LogRef {
+            message: String::from_utf8_lossy(raw),
+            ..LogRef::default()
+        }
+    })
 }
 
 impl Drop for RedisBuffer {
@@ -433,17 +450,28 @@ impl Buffer for RedisBuffer {
     }
 
     fn get(&self, key: &str, max: usize) -> Result<Vec<Record>> {
-        if max == 0 {
-            return Ok(Vec::new());
+        Ok(match self.range(key, max)? {
+            Some(items) => self.decode_records(key, items),
+            None => Vec::new(),
+        })
+    }
+
+    fn get_columnar(&self, key: &str, max: usize) -> Result<Option<Vec<Columnar>>> {
+        // Decoded borrowing the reply's bytes, straight into Arrow columns.
+        let Some(items) = self.range(key, max)? else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut columns = LogColumns::new();
+        let mut hours = Vec::with_capacity(items.len());
+        for (i, raw) in items.iter().enumerate() {
+            let log = decode_stored(key, i, raw);
+            hours.push(log.parsed_time().map(Hour::of));
+            columns.append(&log);
         }
-        let items: Vec<Vec<u8>> = self.shared.with_conn("reading from", |c| {
-            redis::cmd("LRANGE")
-                .arg(self.data_key(key))
-                .arg(0)
-                .arg(range_end(max))
-                .query(c)
-        })?;
-        Ok(self.decode_records(key, items))
+        Ok(Some(vec![Columnar {
+            batch: columns.finish()?,
+            hours,
+        }]))
     }
 
     fn clear(&self, key: &str, count: usize) -> Result<()> {
@@ -635,7 +663,7 @@ impl Buffer for RedisBuffer {
         true
     }
 
-    fn batch_id(&self, key: &str, _records: &[Record]) -> Option<String> {
+    fn batch_id(&self, key: &str) -> Option<String> {
         // Same list lifetime and same offset -> same name: a batch re-flushed after a crash
         // replaces its file. A list recreated after Redis lost its data gets a new epoch.
         let got: Result<(Option<String>, Option<u64>)> =

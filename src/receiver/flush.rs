@@ -120,11 +120,10 @@ impl Inner {
                 break;
             }
             let started = Instant::now();
-            let id = match &batch {
-                Batch::Rows(records) => self.buffer.batch_id(key, records),
-                Batch::Columns(_) => None,
-            }
-            .unwrap_or_else(|| ulid::Ulid::from_datetime(self.clock.now().into()).to_string());
+            let id = self
+                .buffer
+                .batch_id(key)
+                .unwrap_or_else(|| ulid::Ulid::from_datetime(self.clock.now().into()).to_string());
             match batch {
                 Batch::Rows(records) => self.write_batch(key, &id, records, report)?,
                 Batch::Columns(parts) => self.write_columnar(key, &id, parts, report)?,
