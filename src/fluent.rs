@@ -1,5 +1,5 @@
 //! The Fluent Bit chunk decoder: turns the msgpack buffer Fluent Bit hands to an output
-//! plugin into [`Log`] records, without I/O and without `unsafe`.
+//! plugin into [`LogRef`] records, without I/O and without `unsafe`.
 //!
 //! A chunk is a plain concatenation of msgpack objects, one per event, in either form, mixed:
 //! * v2 `[[TIMESTAMP, METADATA_MAP], BODY_MAP]` (everything Fluent Bit >= 2.1 writes);

@@ -1,10 +1,11 @@
 //! The memory buffer (`BufferType = mem`): per-key records in this process, bounded by
 //! `BufferMaxBytes`. Fast; lost if the process dies (use Redis for durability).
 //!
-//! Records are kept columnar: a push appends each record to its key's Arrow builders (and
-//! frees the record on the pushing thread); a flush seals the builders into a batch and
-//! encodes it as it is. That is about half the memory of keeping the records themselves
-//! (no per-string allocations) and saves the flush a copy.
+//! Records are kept columnar: a push appends each record to its key's Arrow builders (owned
+//! records are freed on the pushing thread; records that borrow their text, see
+//! [`Buffer::push_refs`], are copied from the input straight in); a flush seals the builders
+//! into a batch and encodes it as it is. That is about half the memory of keeping the
+//! records themselves (no per-string allocations) and saves the flush a copy.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

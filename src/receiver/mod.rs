@@ -232,7 +232,8 @@ impl Receiver {
     /// The CPU-heavy half of a push, safe to run on any thread: fills empty `time`s with the
     /// arrival time, groups records by partition key and encodes them for the buffer
     /// ([`crate::buffer::Buffer::encode`]). Push the result with
-    /// [`Receiver::push_prepared_wait`]; json2parquet prepares on its decoding threads.
+    /// [`Receiver::push_prepared_wait`]. (Records decoded borrowing their input take
+    /// [`Receiver::prepare_borrowed`] instead.)
     pub fn prepare(&self, records: Vec<Log>, dlq: Vec<DlqEntry>) -> Result<PushBatch> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -327,9 +328,9 @@ impl Receiver {
         g
     }
 
-    /// [`Receiver::push`] for records that borrow their text (see
-    /// [`Receiver::prepare_refs`]). With the memory buffer they are appended to their
-    /// keys' columns straight from the input (one copy in all).
+    /// [`Receiver::push`] for records that borrow their text ([`crate::LogRef`]). With the
+    /// memory buffer they are appended to their keys' columns straight from the input (one
+    /// copy in all); Redis gets them serialised without an owned record in between.
     pub fn push_refs(&self, records: Vec<LogRef<'_>>, dlq: Vec<DlqEntry>) -> Result<usize> {
         self.push_refs_within(records, dlq, None)
     }
