@@ -295,7 +295,14 @@ where
                         let outcome = if r == 0 && j == 0 {
                             Ok(())
                         } else {
-                            process(logs, bad, &turn)
+                            // A panic must not leave later blocks waiting for this turn.
+                            let run = std::panic::AssertUnwindSafe(|| process(logs, bad, &turn));
+                            std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                                Err(Error::Buffer(format!(
+                                    "processing lines {}.. of {name} panicked",
+                                    block.first_line
+                                )))
+                            })
                         };
                         match outcome {
                             Ok(()) => {
@@ -667,6 +674,23 @@ mod tests {
         )
         .expect_err("process error");
         assert!(err.to_string().contains("refused"), "{err}");
+        // A panic is an error too, and later blocks do not wait for its turn forever.
+        let err = read_input_parallel(
+            input.as_bytes(),
+            "in.jsonl",
+            10,
+            2,
+            &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| -> Result<()> {
+                assert!(l.iter().all(|r| r.message != "m55"), "a bug");
+                turn.wait();
+                Ok(())
+            },
+        )
+        .expect_err("panic");
+        assert!(
+            err.to_string().contains("lines 51.. of in.jsonl panicked"),
+            "{err}"
+        );
     }
 
     #[test]
