@@ -175,7 +175,7 @@ impl Inner {
         Ok(())
     }
 
-    /// Like [`Inner::write_batch`] for rows kept columnar (the memory buffer): each hour's
+    /// Like [`Inner::write_batch`] for rows read columnar (both buffers): each hour's
     /// rows are encoded as they are; only if that fails are they read back as records to
     /// isolate the bad ones.
     pub(super) fn write_columnar(
