@@ -91,12 +91,21 @@ async fn record(State(st): State<AppState>, body: Bytes) -> Response {
     if st.receiver.buffer_is_local() {
         return ingest_one(&st.receiver, &body);
     }
+    on_blocking_thread("record", &st, move |r| ingest_one(r, &body)).await
+}
+
+/// Runs `work` on a blocking thread; a panic there answers 500 naming the `task`.
+async fn on_blocking_thread(
+    task: &str,
+    st: &AppState,
+    work: impl FnOnce(&Receiver) -> Response + Send + 'static,
+) -> Response {
     let receiver = st.receiver.clone();
-    match tokio::task::spawn_blocking(move || ingest_one(&receiver, &body)).await {
+    match tokio::task::spawn_blocking(move || work(&receiver)).await {
         Ok(response) => response,
         Err(e) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({ "error": format!("record task failed: {e}") }),
+            json!({ "error": format!("{task} task failed: {e}") }),
         ),
     }
 }
@@ -124,14 +133,7 @@ async fn records(State(st): State<AppState>, body: Bytes) -> Response {
     let Ok(_slot) = st.batch_slots.clone().acquire_owned().await else {
         return error_response(&Error::Closed);
     };
-    let receiver = st.receiver.clone();
-    match tokio::task::spawn_blocking(move || ingest_batch(&receiver, &body)).await {
-        Ok(response) => response,
-        Err(e) => json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({ "error": format!("batch task failed: {e}") }),
-        ),
-    }
+    on_blocking_thread("batch", &st, move |r| ingest_batch(r, &body)).await
 }
 
 /// Decodes a batch body and pushes what decodes (rejected lines go to the DLQ). JSON Lines
