@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use super::{Buffer, Columnar, DlqEntry, PushBatch, Record, RecoveryItem, RefGroup};
 use crate::convert::{LogColumns, logs_from_batch};
 use crate::error::{Error, Result};
-use crate::record::Hour;
+use crate::record::{Hour, LogOf};
 
 /// What a record counts against the bound: its columnar size, plus half for the builders'
 /// spare capacity (they grow by doubling, so on average about 1.4x what they hold is
@@ -61,6 +61,27 @@ impl KeyData {
         });
         Ok(())
     }
+
+    /// Appends records of this key with their counted sizes and hours (same lengths);
+    /// returns the key's length afterwards.
+    fn append<'r, S: AsRef<str> + Ord + 'r>(
+        &mut self,
+        records: impl ExactSizeIterator<Item = &'r LogOf<S>>,
+        sizes: &[u32],
+        hours: &[Option<Hour>],
+    ) -> Result<usize> {
+        let incoming: usize = sizes.iter().map(|s| *s as usize).sum();
+        if self.active.text_bytes() + incoming > SEAL_BYTES {
+            self.seal()?;
+        }
+        self.rows += records.len();
+        for r in records {
+            self.active.append(r);
+        }
+        self.active_sizes.extend_from_slice(sizes);
+        self.active_hours.extend_from_slice(hours);
+        Ok(self.rows)
+    }
 }
 
 #[derive(Default)]
@@ -85,9 +106,7 @@ impl MemBuffer {
             max_bytes,
         }
     }
-}
 
-impl MemBuffer {
     /// Counts `added` bytes in, or refuses them (retryable) when the buffer is full.
     fn admit(&self, st: &mut State, added: usize) -> Result<()> {
         // A batch larger than half the bound is taken once the buffer is at most half full
@@ -138,17 +157,7 @@ impl Buffer for MemBuffer {
         let mut lens = Vec::with_capacity(groups.len());
         for ((key, records), (sizes, hours)) in groups.iter().zip(rows) {
             let data = st.keys.entry(key.clone()).or_default();
-            let incoming: usize = sizes.iter().map(|s| *s as usize).sum();
-            if data.active.text_bytes() + incoming > SEAL_BYTES {
-                data.seal()?;
-            }
-            for r in records {
-                data.active.append(r);
-            }
-            data.active_sizes.extend(sizes);
-            data.active_hours.extend(hours);
-            data.rows += records.len();
-            lens.push(data.rows);
+            lens.push(data.append(records.iter().map(|r| &**r), &sizes, &hours)?);
         }
         drop(st);
         // The records themselves are freed here, on the pushing thread, after the lock.
@@ -320,17 +329,7 @@ impl Buffer for MemBuffer {
         let mut lens = Vec::with_capacity(groups.len());
         for (key, g) in keys.iter().zip(groups) {
             let data = st.keys.entry(key.clone()).or_default();
-            let incoming: usize = g.sizes.iter().map(|s| *s as usize).sum();
-            if data.active.text_bytes() + incoming > SEAL_BYTES {
-                data.seal()?;
-            }
-            for r in &g.records {
-                data.active.append(*r);
-            }
-            data.active_sizes.extend_from_slice(&g.sizes);
-            data.active_hours.extend_from_slice(&g.hours);
-            data.rows += g.records.len();
-            lens.push(data.rows);
+            lens.push(data.append(g.records.iter().copied(), &g.sizes, &g.hours)?);
         }
         Ok(lens)
     }
