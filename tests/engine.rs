@@ -168,6 +168,54 @@ fn batches_spanning_hours_become_one_file_per_hour() {
 }
 
 #[test]
+fn runs_and_interleaved_hours_keep_every_row_in_order() {
+    // Hours in runs (sliced) for one key, back and forth (filtered) for another.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (r, _clock) = engine(dir.path(), &[("BufferSize", "1000")]);
+    let mut records = Vec::new();
+    for i in 0..60 {
+        let mut l = log("runs:b:c:d", i);
+        l.time = format!("2024-05-01T{:02}:30:00.5Z", 7 + i / 20);
+        records.push(l);
+        let mut l = log("mixed:b:c:d", i);
+        l.time = format!("2024-05-01T{:02}:00:00Z", 7 + i % 3);
+        records.push(l);
+    }
+    r.push(records, Vec::new()).expect("push");
+    let report = r.flush().expect("flush");
+    assert_eq!(report.records, 120);
+    assert_eq!(report.names.len(), 6, "{:?}", report.names);
+    for file in common::parquet_files(&dir.path().join("out")) {
+        let rows = common::rows_with_parquet_crate(std::slice::from_ref(&file));
+        assert_eq!(rows.len(), 20, "{}", file.display());
+        let hour = file
+            .to_string_lossy()
+            .split("hour=")
+            .nth(1)
+            .and_then(|h| h.get(..2))
+            .expect("hour segment")
+            .to_string();
+        let numbers: Vec<usize> = rows
+            .iter()
+            .map(|row| {
+                let time = row["time"].as_str().expect("time");
+                assert_eq!(&time[11..13], hour, "row filed under its own hour");
+                let message = row["message"].as_str().expect("message");
+                message
+                    .rsplit('#')
+                    .next()
+                    .expect("n")
+                    .parse()
+                    .expect("number")
+            })
+            .collect();
+        let mut sorted = numbers.clone();
+        sorted.sort_unstable();
+        assert_eq!(numbers, sorted, "input order kept in {}", file.display());
+    }
+}
+
+#[test]
 fn failing_writer_keeps_data_in_recovery_and_resends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");

@@ -136,7 +136,7 @@ impl Buffer for MemBuffer {
                     .iter()
                     .map(|r| {
                         let size = counted_bytes(LogColumns::row_bytes(r.as_ref()));
-                        (size, r.parsed_time().map(Hour::of))
+                        (size, r.hour())
                     })
                     .unzip()
             })

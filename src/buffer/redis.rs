@@ -30,7 +30,7 @@ use super::{Buffer, Columnar, DlqEntry, EncodedGroup, PushBatch, Record, Recover
 use crate::config::Config;
 use crate::convert::LogColumns;
 use crate::error::{Error, Result};
-use crate::record::{Hour, LogRef};
+use crate::record::LogRef;
 
 const CLEAR_SCRIPT: &str = r"
 if redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
@@ -465,7 +465,7 @@ impl Buffer for RedisBuffer {
         let mut hours = Vec::with_capacity(items.len());
         for (i, raw) in items.iter().enumerate() {
             let log = decode_stored(key, i, raw);
-            hours.push(log.parsed_time().map(Hour::of));
+            hours.push(log.hour());
             columns.append(&log);
         }
         Ok(Some(vec![Columnar {

@@ -33,6 +33,18 @@ impl Batch {
     }
 }
 
+/// The maximal runs of equal hours in `hours`: (hour, first row, rows).
+fn runs_of(hours: &[Hour]) -> Vec<(Hour, usize, usize)> {
+    let mut runs: Vec<(Hour, usize, usize)> = Vec::new();
+    for (i, h) in hours.iter().enumerate() {
+        match runs.last_mut() {
+            Some((hour, _, len)) if hour == h => *len += 1,
+            _ => runs.push((*h, i, 1)),
+        }
+    }
+    runs
+}
+
 impl Inner {
     /// Flushes every key, `FlushWorkers` keys at a time (each on its own short-lived
     /// thread, so a close or `/flush/` with many keys uses every core).
@@ -161,7 +173,7 @@ impl Inner {
         let now = self.clock.now();
         let mut by_hour: BTreeMap<Hour, Vec<Record>> = BTreeMap::new();
         for r in records {
-            let hour = Hour::of(r.parsed_time().unwrap_or(now));
+            let hour = r.hour().unwrap_or_else(|| Hour::of(now));
             by_hour.entry(hour).or_default().push(r);
         }
         for (hour, group) in by_hour {
@@ -196,7 +208,20 @@ impl Inner {
                 by_hour.entry(first).or_default().push(part.batch);
                 continue;
             }
+            // Records mostly arrive in time order, so each hour is usually one run of
+            // rows: a run is a slice of the batch (no copy). Hours that come back and
+            // forth are gathered with a filter instead.
+            let runs = runs_of(&hours);
             let distinct: std::collections::BTreeSet<Hour> = hours.iter().copied().collect();
+            if runs.len() <= 2 * distinct.len() {
+                for (hour, start, len) in runs {
+                    by_hour
+                        .entry(hour)
+                        .or_default()
+                        .push(part.batch.slice(start, len));
+                }
+                continue;
+            }
             for hour in distinct {
                 let mask: BooleanArray = hours.iter().map(|h| Some(*h == hour)).collect();
                 let rows = filter_record_batch(&part.batch, &mask).map_err(|e| Error::Encode {
@@ -481,5 +506,28 @@ impl Inner {
             self.buffer.clear(&key, n)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_maximal_and_in_order() {
+        let h = |hour| Hour {
+            year: 2024,
+            month: 5,
+            day: 1,
+            hour,
+        };
+        assert!(runs_of(&[]).is_empty());
+        let hours = [h(1), h(1), h(2), h(2), h(2), h(1), h(3)];
+        assert_eq!(
+            runs_of(&hours),
+            vec![(h(1), 0, 2), (h(2), 2, 3), (h(1), 5, 1), (h(3), 6, 1)]
+        );
+        let total: usize = runs_of(&hours).iter().map(|r| r.2).sum();
+        assert_eq!(total, hours.len());
     }
 }

@@ -389,7 +389,7 @@ impl Receiver {
                     g.hours.push(if grouping.filled[i as usize] {
                         Some(now_hour)
                     } else {
-                        log.parsed_time().map(Hour::of)
+                        log.hour()
                     });
                     g.sizes.push(counted_bytes(LogColumns::row_bytes(log)));
                     g.records.push(log);

@@ -124,6 +124,12 @@ impl<S: AsRef<str> + Ord> LogOf<S> {
     pub fn parsed_time(&self) -> Option<DateTime<Utc>> {
         parse_time(self.time.as_ref())
     }
+
+    /// The UTC hour of [`LogOf::parsed_time`], without a full parse for the usual
+    /// `YYYY-MM-DDTHH:MM:SS[.f]Z` form (see [`hour_of`]).
+    pub fn hour(&self) -> Option<Hour> {
+        hour_of(self.time.as_ref())
+    }
 }
 
 impl Log {
@@ -294,6 +300,59 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     None
 }
 
+/// `parse_time(s).map(Hour::of)`, with a fast path for the form almost every record has,
+/// UTC RFC 3339 (`2024-05-01T10:20:30Z`, `2024-05-01T10:20:30.123456789Z`): its fields are
+/// read and range-checked in place, with no general parse. Anything else (an offset,
+/// epoch digits, a leap second, surrounding spaces...) takes the general path.
+pub fn hour_of(s: &str) -> Option<Hour> {
+    fast_utc_hour(s.as_bytes()).or_else(|| parse_time(s).map(Hour::of))
+}
+
+fn fast_utc_hour(b: &[u8]) -> Option<Hour> {
+    if b.len() < 20 || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    let num = |at: usize, len: usize| -> Option<u32> {
+        let mut v = 0u32;
+        for &d in b.get(at..at + len)? {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u32::from(d - b'0');
+        }
+        Some(v)
+    };
+    let seps = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if seps.iter().any(|&(at, c)| b[at] != c) {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    // After the seconds: `Z` alone, or `.` and one or more digits then `Z`.
+    match &b[19..b.len() - 1] {
+        [] => {}
+        [b'.', digits @ ..] if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => {}
+        _ => return None,
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day == 0 || day > days || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    Some(Hour {
+        year: year as i32,
+        month,
+        day,
+        hour,
+    })
+}
+
 /// The UTC hour a record is filed under: its own time, else `fallback` (arrival time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hour {
@@ -362,6 +421,65 @@ mod tests {
         for t in instants.into_iter().flatten() {
             assert_eq!(format_time(t), chrono(t), "{t:?}");
         }
+    }
+
+    #[test]
+    fn fast_hours_agree_with_the_general_parse() {
+        let mut cases: Vec<String> = [
+            "2024-05-01T10:20:30Z",
+            "2024-05-01T10:20:30.1Z",
+            "2024-05-01T10:20:30.123456789Z",
+            "2024-05-01T10:20:30.1234567891234Z",
+            "2024-02-29T23:59:59Z",
+            "2023-02-29T10:00:00Z",
+            "2100-02-29T10:00:00Z",
+            "2000-02-29T10:00:00Z",
+            "2024-04-31T10:00:00Z",
+            "2024-13-01T10:00:00Z",
+            "2024-00-01T10:00:00Z",
+            "2024-05-00T10:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T23:60:00Z",
+            "2024-06-30T23:59:60Z",
+            "2024-05-01T10:20:30.Z",
+            "2024-05-01T10:20:30,5Z",
+            "2024-05-01t10:20:30z",
+            "2024-05-01 10:20:30Z",
+            "2024-05-01T10:20:30+02:00",
+            "2024-05-01T00:20:30-02:00",
+            " 2024-05-01T10:20:30Z ",
+            "2024-05-01T10:20:30",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999Z",
+            "2024-5-01T10:20:30Z",
+            "2024-05-01T10:2a:30Z",
+            "1714558830",
+            "",
+            "Z",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut x: u64 = 7;
+        for _ in 0..3000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let secs = (x >> 24) % 250_000_000_000;
+            let t = Utc
+                .timestamp_opt(secs as i64, (x % 1_000_000_000) as u32)
+                .single();
+            if let Some(t) = t {
+                cases.push(format_time(t));
+                cases.push(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                cases.push(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            }
+        }
+        for s in &cases {
+            assert_eq!(hour_of(s), parse_time(s).map(Hour::of), "{s:?}");
+        }
+        assert!(fast_utc_hour(b"2024-05-01T10:20:30.5Z").is_some());
+        assert!(fast_utc_hour(b"2024-05-01T10:20:30+00:00").is_none());
     }
 
     #[test]
