@@ -191,6 +191,29 @@ fn read_block<R: BufRead>(
     Ok((!data.is_empty()).then_some(Block { data, first_line }))
 }
 
+/// The lines of `data` (split at `\n`, as `split` does: a last line without one counts,
+/// and a trailing `\n` leaves an empty last line), found with SIMD `memchr`: a byte-by-byte
+/// `split` was 5% of json2parquet's CPU.
+fn lines_of(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', data);
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let line = match ends.next() {
+            Some(end) => &data[start..end],
+            None => {
+                done = true;
+                &data[start..]
+            }
+        };
+        start += line.len() + 1;
+        Some(line)
+    })
+}
+
 /// Decodes every line of JSON Lines `data` (whose first line is number `first_line` of
 /// `name`): records borrowing their text from `data`, and the lines rejected with their
 /// numbers.
@@ -201,7 +224,7 @@ pub fn decode_json_lines<'a>(
 ) -> (Vec<LogRef<'a>>, Vec<Rejected>) {
     let mut records = Vec::with_capacity(1024);
     let mut rejected = Vec::new();
-    for (i, line) in data.split(|&b| b == b'\n').enumerate() {
+    for (i, line) in lines_of(data).enumerate() {
         let trimmed = line.trim_ascii();
         if trimmed.is_empty() {
             continue;
@@ -561,6 +584,18 @@ mod tests {
                 assert_eq!(whole, input.as_bytes(), "capacity {capacity} batch {batch}");
                 assert_eq!(line_no, 301);
             }
+        }
+    }
+
+    #[test]
+    fn lines_split_like_split() {
+        for text in ["", "\n", "a", "a\n", "a\nb", "\n\na\n\nbc\n", "x\r\ny"] {
+            let want: Vec<&[u8]> = text.as_bytes().split(|&b| b == b'\n').collect();
+            assert_eq!(
+                lines_of(text.as_bytes()).collect::<Vec<_>>(),
+                want,
+                "{text:?}"
+            );
         }
     }
 

@@ -368,10 +368,185 @@ const TABLE: [u8; TABLE_SLOTS] = {
     table
 };
 
-/// The column a key lands in: keys are normalised (ASCII lowercase, `_` and `-` dropped)
-/// and found by hash in a table built at compile time, so a record's ~25 keys cost a few
-/// nanoseconds each.
+/// A key of at most 32 bytes as its length and four (overlapping) little-endian words,
+/// which together cover every byte: two keys are equal exactly when their signatures are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Signature {
+    len: usize,
+    words: [u64; 4],
+}
+
+/// The little-endian word of `b` at `at` (at most 8 bytes, zero-padded).
+const fn word(b: &[u8], at: usize, len: usize) -> u64 {
+    let mut w = 0u64;
+    let mut i = 0;
+    while i < len {
+        w |= (b[at + i] as u64) << (8 * i);
+        i += 1;
+    }
+    w
+}
+
+const fn signature(b: &[u8]) -> Option<Signature> {
+    let len = b.len();
+    if len == 0 || len > 32 {
+        return None;
+    }
+    let words = if len < 8 {
+        [word(b, 0, len), 0, 0, 0]
+    } else if len <= 16 {
+        [word(b, 0, 8), word(b, len - 8, 8), 0, 0]
+    } else {
+        [
+            word(b, 0, 8),
+            word(b, len - 8, 8),
+            word(b, 8, 8),
+            word(b, len - 16, 8),
+        ]
+    };
+    Some(Signature { len, words })
+}
+
+impl Signature {
+    /// The signature of `b` at run time: the same value as [`signature`], read with
+    /// unaligned word loads instead of byte by byte.
+    #[inline]
+    fn of(b: &[u8]) -> Option<Signature> {
+        let len = b.len();
+        let load = |at: usize| -> u64 {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let words = match len {
+            0 => return None,
+            1..=7 => return signature(b),
+            8..=16 => [load(0), load(len - 8), 0, 0],
+            17..=32 => [load(0), load(len - 8), load(8), load(len - 16)],
+            _ => return None,
+        };
+        Some(Signature { len, words })
+    }
+
+    const fn slot(&self) -> usize {
+        let [a, b, c, d] = self.words;
+        let h = (a ^ b.rotate_left(17) ^ c.rotate_left(31) ^ d.rotate_left(47) ^ self.len as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 57) as usize
+    }
+}
+
+/// The names keys are usually written with (snake_case and the aliases): matched as they
+/// are, with no normalising, before [`lookup`] falls back to [`NAMES`].
+const USUAL: &[(&[u8], Field)] = &[
+    (b"time", Field::Time),
+    (b"timestamp", Field::Time),
+    (b"when", Field::Time),
+    (b"@timestamp", Field::Time),
+    (b"level", Field::Level),
+    (b"lvl", Field::Level),
+    (b"severity", Field::Level),
+    (b"correlation_id", Field::CorrelationId),
+    (b"session_id", Field::SessionId),
+    (b"message_id", Field::MessageId),
+    (b"person_id", Field::PersonId),
+    (b"user_id", Field::UserId),
+    (b"device_id", Field::DeviceId),
+    (b"message", Field::Message),
+    (b"msg", Field::Message),
+    (b"log", Field::Message),
+    (b"business_capability", Field::BusinessCapability),
+    (b"business_domain", Field::BusinessDomain),
+    (b"business_service", Field::BusinessService),
+    (b"application_service", Field::ApplicationService),
+    (b"audit", Field::Audit),
+    (b"resource_type", Field::ResourceType),
+    (b"cloud_provider", Field::CloudProvider),
+    (b"source_id", Field::SourceId),
+    (b"http_response", Field::HttpResponse),
+    (b"error_code", Field::ErrorCode),
+    (b"error", Field::ErrorCode),
+    (b"error_message", Field::ErrorCode),
+    (b"stack_trace", Field::StackTrace),
+    (b"duration", Field::Duration),
+    (b"elapsed", Field::Duration),
+    (b"trace_ip", Field::TraceIp),
+    (b"region", Field::Region),
+    (b"az", Field::Az),
+    (b"tags", Field::Tags),
+    (b"args", Field::Args),
+    (
+        b"transaction_message_reference",
+        Field::TransactionMessageReference,
+    ),
+    (b"ttl", Field::Ttl),
+    (b"auto_index", Field::AutoIndex),
+    (b"logger_name", Field::LoggerName),
+    (b"thread_name", Field::ThreadName),
+    (b"extra_fields", Field::ExtraFields),
+    (b"host", Field::Host),
+    (b"hostname", Field::Host),
+];
+
+/// [`USUAL`] by signature, built at compile time: each slot holds an index into `USUAL`
+/// plus one, or 0 when empty; collisions probe the next slot.
+const USUAL_TABLE: [u8; TABLE_SLOTS] = {
+    let mut table = [0u8; TABLE_SLOTS];
+    let mut i = 0;
+    while i < USUAL.len() {
+        let Some(sig) = signature(USUAL[i].0) else {
+            panic!("a usual name is longer than 32 bytes");
+        };
+        let mut slot = sig.slot();
+        while table[slot] != 0 {
+            slot = (slot + 1) & (TABLE_SLOTS - 1);
+        }
+        table[slot] = (i + 1) as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The signatures of [`USUAL`], in its order.
+const USUAL_SIGNATURES: [Signature; USUAL.len()] = {
+    let mut sigs = [Signature {
+        len: 0,
+        words: [0; 4],
+    }; USUAL.len()];
+    let mut i = 0;
+    while i < USUAL.len() {
+        let Some(sig) = signature(USUAL[i].0) else {
+            panic!("a usual name is longer than 32 bytes");
+        };
+        sigs[i] = sig;
+        i += 1;
+    }
+    sigs
+};
+
+/// The column a key lands in. A key written the usual way ([`USUAL`]) is found by its
+/// signature (a few word loads and compares); any other is normalised (ASCII lowercase,
+/// `_` and `-` dropped) and found by hash among [`NAMES`].
 fn lookup(key: &str) -> Option<Field> {
+    if let Some(sig) = Signature::of(key.as_bytes()) {
+        let mut slot = sig.slot();
+        loop {
+            let entry = USUAL_TABLE[slot];
+            if entry == 0 {
+                break;
+            }
+            let i = entry as usize - 1;
+            if USUAL_SIGNATURES[i] == sig {
+                return Some(USUAL[i].1);
+            }
+            slot = (slot + 1) & (TABLE_SLOTS - 1);
+        }
+    }
+    lookup_normalised(key)
+}
+
+/// [`lookup`] for keys not written the usual way.
+fn lookup_normalised(key: &str) -> Option<Field> {
     let mut buf = [0u8; 32];
     let mut n = 0;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -858,6 +1033,26 @@ mod tests {
         let long = "transaction_message_reference_and_then_some_more_text";
         assert_eq!(lookup(long), None);
         assert!(NAMES.iter().all(|(n, _)| n.len() <= 32));
+        // The usual spellings are found by signature and agree with the normalised path.
+        for (name, field) in USUAL {
+            let text = std::str::from_utf8(name).expect("ascii");
+            assert_eq!(lookup(text), Some(*field), "{text}");
+            assert_eq!(lookup_normalised(text), Some(*field), "{text}");
+            assert!(signature(name) == Signature::of(name), "{text}");
+        }
+        // Near misses of every length fall through to the normalised path and agree.
+        for (name, _) in USUAL {
+            let text = std::str::from_utf8(name).expect("ascii");
+            for variant in [
+                format!("{text}x"),
+                format!("x{text}"),
+                text[..text.len() - 1].to_string(),
+                text.replacen('_', "-", 1),
+                text.to_uppercase(),
+            ] {
+                assert_eq!(lookup(&variant), lookup_normalised(&variant), "{variant}");
+            }
+        }
     }
 
     #[test]
