@@ -613,10 +613,15 @@ pub(crate) fn insert_unique<'a, S: Text<'a>>(
     key: Cow<'a, str>,
     value: S,
 ) {
-    if !map.contains_key(key.as_ref()) {
-        map.insert(S::from(key), value);
-        return;
-    }
+    use std::collections::btree_map::Entry;
+    // One search in the usual case (the key is not taken).
+    let key = match map.entry(S::from(key)) {
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+            return;
+        }
+        Entry::Occupied(taken) => taken.key().borrow().to_string(),
+    };
     let mut n = 2;
     loop {
         let candidate = format!("{key}#{n}");
