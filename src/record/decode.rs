@@ -236,13 +236,78 @@ impl<'de> Deserialize<'de> for Loose<'de> {
 /// A map key, borrowed from the input when possible; non-string keys become their text.
 struct Key<'a>(Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let v = d.deserialize_any(LooseVisitor(0))?;
-        Ok(Key(match v {
+/// Visits a map key: strings straight to text, with no [`Loose`] in between (keys are
+/// nearly always strings); anything else as [`Loose::any_text`] of the value.
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed("")))
+    }
+    fn visit_none<E>(self) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed("")))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Key<'de>, D::Error> {
+        d.deserialize_any(KeyVisitor)
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(Loose::Bool(v).any_text())))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(Loose::I64(v).any_text())))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(Loose::U64(v).any_text())))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(Loose::F64(v).any_text())))
+    }
+    fn visit_borrowed_bytes<E: serde::de::Error>(
+        self,
+        v: &'de [u8],
+    ) -> std::result::Result<Key<'de>, E> {
+        LooseVisitor(0).visit_borrowed_bytes(v).map(Key::from_loose)
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Key<'de>, E> {
+        LooseVisitor(0).visit_bytes(v).map(Key::from_loose)
+    }
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> std::result::Result<Key<'de>, E> {
+        LooseVisitor(0).visit_byte_buf(v).map(Key::from_loose)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Key<'de>, A::Error> {
+        LooseVisitor(0).visit_seq(seq).map(Key::from_loose)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Key<'de>, A::Error> {
+        LooseVisitor(0).visit_map(map).map(Key::from_loose)
+    }
+}
+
+impl<'a> Key<'a> {
+    fn from_loose(v: Loose<'a>) -> Key<'a> {
+        Key(match v {
             Loose::Str(s) => s,
             other => Cow::Owned(other.any_text()),
-        }))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(KeyVisitor)
     }
 }
 
@@ -1058,6 +1123,28 @@ mod tests {
                 assert_eq!(lookup(&variant), lookup_normalised(&variant), "{variant}");
             }
         }
+    }
+
+    #[test]
+    fn keys_of_every_kind_become_their_text() {
+        let key = |json: &str| -> String {
+            let mut d = serde_json::Deserializer::from_str(json);
+            Key::deserialize(&mut d).expect("a key").0.into_owned()
+        };
+        assert_eq!(key(r#""plain""#), "plain");
+        assert_eq!(key(r#""esc\"aped""#), "esc\"aped");
+        assert_eq!(key("12"), "12");
+        assert_eq!(key("-3"), "-3");
+        assert_eq!(key("1.5"), "1.5");
+        assert_eq!(key("true"), "true");
+        assert_eq!(key("null"), "");
+        assert_eq!(key(r#"[1,"a"]"#), r#"[1,"a"]"#);
+        assert_eq!(key(r#"{"a":{"b":1}}"#), r#"{"a":{"b":1}}"#);
+        let mut d = serde_json::Deserializer::from_str(r#""borrowed""#);
+        assert!(matches!(
+            Key::deserialize(&mut d).expect("key").0,
+            Cow::Borrowed("borrowed")
+        ));
     }
 
     #[test]
