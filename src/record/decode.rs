@@ -350,11 +350,35 @@ enum Field {
     Host,
 }
 
-/// FNV-1a over the normalised key bytes: the dispatch value of [`lookup`].
-const fn fnv(bytes: &[u8]) -> u64 {
+/// A name of [`USUAL`] normalised (ASCII lowercase, `_` and `-` dropped), zero-padded.
+#[derive(Clone, Copy)]
+struct Normalised {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+const fn normalise(name: &[u8]) -> Normalised {
+    let mut out = Normalised {
+        bytes: [0; 32],
+        len: 0,
+    };
+    let mut i = 0;
+    while i < name.len() {
+        let b = name[i];
+        if b != b'_' && b != b'-' {
+            out.bytes[out.len] = b.to_ascii_lowercase();
+            out.len += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// FNV-1a over the first `len` bytes: the dispatch value of [`lookup_normalised`].
+const fn fnv(bytes: &[u8; 32], len: usize) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;
-    while i < bytes.len() {
+    while i < len {
         h ^= bytes[i] as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
         i += 1;
@@ -362,68 +386,35 @@ const fn fnv(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Every name a column answers to, normalised (lowercase, no `_` or `-`).
-const NAMES: &[(&[u8], Field)] = &[
-    (b"time", Field::Time),
-    (b"timestamp", Field::Time),
-    (b"when", Field::Time),
-    (b"@timestamp", Field::Time),
-    (b"level", Field::Level),
-    (b"lvl", Field::Level),
-    (b"severity", Field::Level),
-    (b"correlationid", Field::CorrelationId),
-    (b"sessionid", Field::SessionId),
-    (b"messageid", Field::MessageId),
-    (b"personid", Field::PersonId),
-    (b"userid", Field::UserId),
-    (b"deviceid", Field::DeviceId),
-    (b"message", Field::Message),
-    (b"msg", Field::Message),
-    (b"log", Field::Message),
-    (b"businesscapability", Field::BusinessCapability),
-    (b"businessdomain", Field::BusinessDomain),
-    (b"businessservice", Field::BusinessService),
-    (b"applicationservice", Field::ApplicationService),
-    (b"audit", Field::Audit),
-    (b"resourcetype", Field::ResourceType),
-    (b"cloudprovider", Field::CloudProvider),
-    (b"sourceid", Field::SourceId),
-    (b"httpresponse", Field::HttpResponse),
-    (b"errorcode", Field::ErrorCode),
-    (b"error", Field::ErrorCode),
-    (b"errormessage", Field::ErrorCode),
-    (b"stacktrace", Field::StackTrace),
-    (b"duration", Field::Duration),
-    (b"elapsed", Field::Duration),
-    (b"traceip", Field::TraceIp),
-    (b"region", Field::Region),
-    (b"az", Field::Az),
-    (b"tags", Field::Tags),
-    (b"args", Field::Args),
-    (
-        b"transactionmessagereference",
-        Field::TransactionMessageReference,
-    ),
-    (b"ttl", Field::Ttl),
-    (b"autoindex", Field::AutoIndex),
-    (b"loggername", Field::LoggerName),
-    (b"threadname", Field::ThreadName),
-    (b"extrafields", Field::ExtraFields),
-    (b"host", Field::Host),
-    (b"hostname", Field::Host),
-];
+/// [`USUAL`] normalised, in its order.
+const NORMALISED: [Normalised; USUAL.len()] = {
+    let mut out = [Normalised {
+        bytes: [0; 32],
+        len: 0,
+    }; USUAL.len()];
+    let mut i = 0;
+    while i < USUAL.len() {
+        if USUAL[i].0.len() > 32 {
+            panic!("a usual name is longer than 32 bytes");
+        }
+        out[i] = normalise(USUAL[i].0);
+        i += 1;
+    }
+    out
+};
 
-/// Slots of the open-addressing table behind [`lookup`] (a power of two, over twice
-/// [`NAMES`]).
+/// Slots of the open-addressing tables behind [`lookup`] (a power of two, over twice
+/// [`USUAL`]).
 const TABLE_SLOTS: usize = 128;
 
-/// [`NAMES`] by hash, built at compile time: each slot holds an index into `NAMES` plus
+/// [`NORMALISED`] by hash, built at compile time: each slot holds an index into it plus
 /// one, or 0 when empty; collisions probe the next slot.
 const TABLE: [u8; TABLE_SLOTS] = {
     let mut table = [0u8; TABLE_SLOTS];
     let mut i = 0;
-    while i < NAMES.len() {
-        let mut slot = (fnv(NAMES[i].0) as usize) & (TABLE_SLOTS - 1);
+    while i < NORMALISED.len() {
+        let n = &NORMALISED[i];
+        let mut slot = (fnv(&n.bytes, n.len) as usize) & (TABLE_SLOTS - 1);
         while table[slot] != 0 {
             slot = (slot + 1) & (TABLE_SLOTS - 1);
         }
@@ -501,8 +492,9 @@ impl Signature {
     }
 }
 
-/// The names keys are usually written with (snake_case and the aliases): matched as they
-/// are, with no normalising, before [`lookup`] falls back to [`NAMES`].
+/// Every name a column answers to, as keys are usually written (snake_case and the
+/// aliases). [`lookup`] matches a key against them as it is, with no normalising; a key
+/// written otherwise is normalised and compared with [`NORMALISED`].
 const USUAL: &[(&[u8], Field)] = &[
     (b"time", Field::Time),
     (b"timestamp", Field::Time),
@@ -591,7 +583,7 @@ const USUAL_SIGNATURES: [Signature; USUAL.len()] = {
 
 /// The column a key lands in. A key written the usual way ([`USUAL`]) is found by its
 /// signature (a few word loads and compares); any other is normalised (ASCII lowercase,
-/// `_` and `-` dropped) and found by hash among [`NAMES`].
+/// `_` and `-` dropped) and found by hash among [`NORMALISED`].
 fn lookup(key: &str) -> Option<Field> {
     if let Some(sig) = Signature::of(key.as_bytes()) {
         let mut slot = sig.slot();
@@ -635,10 +627,11 @@ fn lookup_normalised(key: &str) -> Option<Field> {
         if entry == 0 {
             return None;
         }
-        let (name, field) = NAMES[entry as usize - 1];
+        let i = entry as usize - 1;
+        let name = &NORMALISED[i];
         // Only ASCII bytes were dropped or lowercased, so bytes compare like the text.
-        if name == &buf[..n] {
-            return Some(field);
+        if name.bytes[..name.len] == buf[..n] {
+            return Some(USUAL[i].1);
         }
         slot = (slot + 1) & (TABLE_SLOTS - 1);
     }
@@ -1077,8 +1070,8 @@ mod tests {
 
     #[test]
     fn every_name_is_found_and_nothing_else() {
-        for (name, field) in NAMES {
-            let text = std::str::from_utf8(name).expect("ascii");
+        for (n, (_, field)) in NORMALISED.iter().zip(USUAL) {
+            let text = std::str::from_utf8(&n.bytes[..n.len]).expect("ascii");
             assert_eq!(lookup(text), Some(*field), "{text}");
             assert_eq!(lookup(&text.to_uppercase()), Some(*field), "{text}");
         }
@@ -1102,7 +1095,6 @@ mod tests {
         }
         let long = "transaction_message_reference_and_then_some_more_text";
         assert_eq!(lookup(long), None);
-        assert!(NAMES.iter().all(|(n, _)| n.len() <= 32));
         // The usual spellings are found by signature and agree with the normalised path.
         for (name, field) in USUAL {
             let text = std::str::from_utf8(name).expect("ascii");
