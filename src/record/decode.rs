@@ -551,10 +551,7 @@ const USUAL_TABLE: [u8; TABLE_SLOTS] = {
     let mut table = [0u8; TABLE_SLOTS];
     let mut i = 0;
     while i < USUAL.len() {
-        let Some(sig) = signature(USUAL[i].0) else {
-            panic!("a usual name is longer than 32 bytes");
-        };
-        let mut slot = sig.slot();
+        let mut slot = USUAL_SIGNATURES[i].slot();
         while table[slot] != 0 {
             slot = (slot + 1) & (TABLE_SLOTS - 1);
         }
