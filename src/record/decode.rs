@@ -374,7 +374,8 @@ const fn normalise(name: &[u8]) -> Normalised {
     out
 }
 
-/// FNV-1a over the first `len` bytes: the dispatch value of [`lookup_normalised`].
+/// FNV-1a over the first `len` bytes: the slot of a normalised name in [`TABLE`], at
+/// compile time and in [`lookup_normalised`].
 const fn fnv(bytes: &[u8; 32], len: usize) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;
@@ -488,7 +489,8 @@ impl Signature {
         let [a, b, c, d] = self.words;
         let h = (a ^ b.rotate_left(17) ^ c.rotate_left(31) ^ d.rotate_left(47) ^ self.len as u64)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> 57) as usize
+        // The top bits, as many as index a slot.
+        (h >> (64 - TABLE_SLOTS.trailing_zeros())) as usize
     }
 }
 
@@ -603,7 +605,6 @@ fn lookup(key: &str) -> Option<Field> {
 fn lookup_normalised(key: &str) -> Option<Field> {
     let mut buf = [0u8; 32];
     let mut n = 0;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {
         if b == b'_' || b == b'-' {
             continue;
@@ -612,13 +613,10 @@ fn lookup_normalised(key: &str) -> Option<Field> {
         if n == buf.len() {
             return None;
         }
-        let b = b.to_ascii_lowercase();
-        buf[n] = b;
+        buf[n] = b.to_ascii_lowercase();
         n += 1;
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let mut slot = (h as usize) & (TABLE_SLOTS - 1);
+    let mut slot = (fnv(&buf, n) as usize) & (TABLE_SLOTS - 1);
     loop {
         let entry = TABLE[slot];
         if entry == 0 {
