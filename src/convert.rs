@@ -142,43 +142,44 @@ pub fn log_schema() -> SchemaRef {
         .clone()
 }
 
-/// The 26 string columns of a record, in [`COLUMNS`] order (`None` = null).
-fn strings<S: AsRef<str> + Ord>(l: &LogOf<S>) -> [Option<&str>; 26] {
-    fn some<S: AsRef<str>>(s: &S) -> Option<&str> {
-        Some(s.as_ref())
+/// String column `i` (0..26, the string columns in [`COLUMNS`] order) of a record
+/// (`None` = null). Called in loops over one column, where the match is one predictable
+/// branch; a 26-entry array per record was 3% of json2parquet's CPU.
+#[inline(always)]
+fn text_of<S: AsRef<str> + Ord>(l: &LogOf<S>, i: usize) -> Option<&str> {
+    match i {
+        0 => Some(l.time.as_ref()),
+        1 => Some(l.level.as_ref()),
+        2 => l.correlation_id.as_ref().map(AsRef::as_ref),
+        3 => l.session_id.as_ref().map(AsRef::as_ref),
+        4 => l.message_id.as_ref().map(AsRef::as_ref),
+        5 => l.person_id.as_ref().map(AsRef::as_ref),
+        6 => l.user_id.as_ref().map(AsRef::as_ref),
+        7 => l.device_id.as_ref().map(AsRef::as_ref),
+        8 => Some(l.message.as_ref()),
+        9 => Some(l.business_capability.as_ref()),
+        10 => Some(l.business_domain.as_ref()),
+        11 => Some(l.business_service.as_ref()),
+        12 => Some(l.application_service.as_ref()),
+        13 => l.resource_type.as_ref().map(AsRef::as_ref),
+        14 => l.cloud_provider.as_ref().map(AsRef::as_ref),
+        15 => l.source_id.as_ref().map(AsRef::as_ref),
+        16 => l.http_response.as_ref().map(AsRef::as_ref),
+        17 => l.error_code.as_ref().map(AsRef::as_ref),
+        18 => l.stack_trace.as_ref().map(AsRef::as_ref),
+        19 => l.duration.as_ref().map(AsRef::as_ref),
+        20 => l.region.as_ref().map(AsRef::as_ref),
+        21 => l.az.as_ref().map(AsRef::as_ref),
+        22 => l.transaction_message_reference.as_ref().map(AsRef::as_ref),
+        23 => l.ttl.as_ref().map(AsRef::as_ref),
+        24 => l.logger_name.as_ref().map(AsRef::as_ref),
+        25 => l.thread_name.as_ref().map(AsRef::as_ref),
+        _ => None,
     }
-    fn opt<S: AsRef<str>>(s: &Option<S>) -> Option<&str> {
-        s.as_ref().map(AsRef::as_ref)
-    }
-    [
-        some(&l.time),
-        some(&l.level),
-        opt(&l.correlation_id),
-        opt(&l.session_id),
-        opt(&l.message_id),
-        opt(&l.person_id),
-        opt(&l.user_id),
-        opt(&l.device_id),
-        some(&l.message),
-        some(&l.business_capability),
-        some(&l.business_domain),
-        some(&l.business_service),
-        some(&l.application_service),
-        opt(&l.resource_type),
-        opt(&l.cloud_provider),
-        opt(&l.source_id),
-        opt(&l.http_response),
-        opt(&l.error_code),
-        opt(&l.stack_trace),
-        opt(&l.duration),
-        opt(&l.region),
-        opt(&l.az),
-        opt(&l.transaction_message_reference),
-        opt(&l.ttl),
-        opt(&l.logger_name),
-        opt(&l.thread_name),
-    ]
 }
+
+/// Number of string columns.
+const STRINGS: usize = 26;
 
 /// Where each of the 32 columns lives in [`LogColumns`], in [`COLUMNS`] order.
 #[derive(Clone, Copy)]
@@ -251,7 +252,7 @@ impl LogColumns {
     pub fn new() -> Self {
         LogColumns {
             // Start empty: the memory buffer keeps one of these per key.
-            strings: (0..26)
+            strings: (0..STRINGS)
                 .map(|_| StringBuilder::with_capacity(0, 0))
                 .collect(),
             bools: [
@@ -278,7 +279,36 @@ impl LogColumns {
     /// The bytes a record takes in columnar form (its text plus offsets and validity):
     /// what the memory buffer counts against `BufferMaxBytes`.
     pub fn row_bytes<S: AsRef<str> + Ord>(l: &LogOf<S>) -> usize {
-        let text: usize = strings(l).iter().map(|v| v.map_or(0, str::len)).sum();
+        fn len<S: AsRef<str>>(v: &Option<S>) -> usize {
+            v.as_ref().map_or(0, |s| s.as_ref().len())
+        }
+        // Field by field: a loop over `text_of` does not unroll (2% of the CPU).
+        let text = l.time.as_ref().len()
+            + l.level.as_ref().len()
+            + len(&l.correlation_id)
+            + len(&l.session_id)
+            + len(&l.message_id)
+            + len(&l.person_id)
+            + len(&l.user_id)
+            + len(&l.device_id)
+            + l.message.as_ref().len()
+            + l.business_capability.as_ref().len()
+            + l.business_domain.as_ref().len()
+            + l.business_service.as_ref().len()
+            + l.application_service.as_ref().len()
+            + len(&l.resource_type)
+            + len(&l.cloud_provider)
+            + len(&l.source_id)
+            + len(&l.http_response)
+            + len(&l.error_code)
+            + len(&l.stack_trace)
+            + len(&l.duration)
+            + len(&l.region)
+            + len(&l.az)
+            + len(&l.transaction_message_reference)
+            + len(&l.ttl)
+            + len(&l.logger_name)
+            + len(&l.thread_name);
         let lists: usize = [&l.trace_ip, &l.tags]
             .iter()
             .filter_map(|v| v.as_ref())
@@ -291,42 +321,65 @@ impl LogColumns {
             .flatten()
             .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 8)
             .sum();
-        26 * 4 + 32 + text + lists + maps
+        STRINGS * 4 + 32 + text + lists + maps
     }
 
     /// Appends one record; returns its size as [`LogColumns::row_bytes`] counts it.
     pub fn append<S: AsRef<str> + Ord>(&mut self, l: &LogOf<S>) -> usize {
-        let mut bytes = 26 * 4 + 32;
-        for (b, v) in self.strings.iter_mut().zip(strings(l)) {
-            bytes += v.map_or(0, str::len);
-            b.append_option(v);
+        self.append_rows(std::slice::from_ref(&l))
+    }
+
+    /// Appends records in order, one column at a time (each builder's end stays in cache
+    /// while a column is written); returns their total size as [`LogColumns::row_bytes`]
+    /// counts it.
+    pub fn append_rows<R, S>(&mut self, rows: &[R]) -> usize
+    where
+        R: std::ops::Deref<Target = LogOf<S>>,
+        S: AsRef<str> + Ord,
+    {
+        let mut bytes = (STRINGS * 4 + 32) * rows.len();
+        for (i, b) in self.strings.iter_mut().enumerate() {
+            for r in rows {
+                let v = text_of(r, i);
+                bytes += v.map_or(0, str::len);
+                b.append_option(v);
+            }
         }
-        self.bools[0].append_option(l.audit);
-        self.bools[1].append_option(l.auto_index);
-        for (b, v) in self.lists.iter_mut().zip([&l.trace_ip, &l.tags]) {
-            match v {
-                Some(items) => {
-                    for item in items {
-                        bytes += item.as_ref().len() + 4;
-                        b.values().append_value(item.as_ref());
+        for r in rows {
+            self.bools[0].append_option(r.audit);
+        }
+        for r in rows {
+            self.bools[1].append_option(r.auto_index);
+        }
+        for (j, b) in self.lists.iter_mut().enumerate() {
+            for r in rows {
+                match if j == 0 { &r.trace_ip } else { &r.tags } {
+                    Some(items) => {
+                        for item in items {
+                            bytes += item.as_ref().len() + 4;
+                            b.values().append_value(item.as_ref());
+                        }
+                        b.append(true);
                     }
-                    b.append(true);
-                }
-                None => b.append(false),
-            }
-        }
-        for (b, v) in self.maps.iter_mut().zip([&l.args, &l.extra_fields]) {
-            if let Some(m) = v {
-                for (k, v) in m {
-                    bytes += k.as_ref().len() + v.as_ref().len() + 8;
-                    b.keys().append_value(k.as_ref());
-                    b.values().append_value(v.as_ref());
+                    None => b.append(false),
                 }
             }
-            // Cannot fail: every key appended above has its value.
-            let _ = b.append(v.is_some());
         }
-        self.rows += 1;
+        for (j, b) in self.maps.iter_mut().enumerate() {
+            for r in rows {
+                let m = if j == 0 { &r.args } else { &r.extra_fields };
+                if let Some(m) = m {
+                    for (k, v) in m {
+                        bytes += k.as_ref().len() + v.as_ref().len() + 8;
+                        b.keys().append_value(k.as_ref());
+                        b.values().append_value(v.as_ref());
+                    }
+                }
+                // Cannot fail: every key appended above has its value.
+                let _ = b.append(m.is_some());
+            }
+        }
+        self.rows += rows.len();
         self.text += bytes;
         bytes
     }
@@ -363,9 +416,7 @@ impl LogColumns {
 /// Builds the Arrow batch for `records`.
 pub fn to_record_batch(records: &[Record]) -> Result<RecordBatch> {
     let mut columns = LogColumns::new();
-    for r in records {
-        columns.append(r);
-    }
+    columns.append_rows(records);
     columns.finish()
 }
 
@@ -818,5 +869,39 @@ mod tests {
             assert_eq!(cols.append(&log), LogColumns::row_bytes(&log));
             assert_eq!(cols.append(&log.borrowed()), LogColumns::row_bytes(&log));
         }
+    }
+
+    #[test]
+    fn rows_appended_together_equal_rows_appended_one_by_one() {
+        // Generator records (every optional field present or absent, lists, maps, unicode)
+        // and the hand-made ones: column-major appends must build the same batch.
+        let mut g = crate::record::generator::Generator::new(11);
+        let mut logs: Vec<Log> = (0..300)
+            .map(|i| {
+                crate::record::decode_json_line(&g.next_line(), || format!("line {i}"))
+                    .expect("generator line")
+            })
+            .collect();
+        logs.extend(varied(40));
+        let expected_bytes: usize = logs.iter().map(LogColumns::row_bytes).sum();
+        let mut one = LogColumns::new();
+        for log in &logs {
+            one.append(log);
+        }
+        let mut together = LogColumns::new();
+        let refs: Vec<&Log> = logs.iter().collect();
+        // In uneven groups, as pushes arrive.
+        let mut got_bytes = 0;
+        for group in refs.chunks(7) {
+            got_bytes += together.append_rows(group);
+        }
+        assert_eq!(got_bytes, expected_bytes);
+        assert_eq!(together.len(), logs.len());
+        let (a, b) = (
+            one.finish().expect("batch"),
+            together.finish().expect("batch"),
+        );
+        assert_eq!(a, b);
+        assert_eq!(logs_from_batch(&b).expect("logs"), logs);
     }
 }

@@ -538,3 +538,31 @@ fn a_foreign_entry_in_a_list_is_written_as_its_message_not_lost() {
     assert_eq!(r.stats().records_written, 4);
     r.close().expect("close");
 }
+
+/// The harness starts the server it talks to: a port that merely accepts connections (here
+/// one this test holds) is not taken for its redis-server, and a server that cannot bind
+/// its port fails loudly instead of letting the test talk to whoever holds it.
+#[test]
+fn harness_tells_its_own_server_from_another_listener() {
+    let redis = common::start_redis(&Default::default());
+    assert!(common::pid_listens(redis.child.id(), redis.port));
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = other.local_addr().expect("addr").port();
+    assert!(common::pid_listens(std::process::id(), taken));
+    assert!(!common::pid_listens(redis.child.id(), taken));
+    // A server asked for a port that is taken exits, and the harness says so.
+    let outcome = std::panic::catch_unwind(|| {
+        common::start_redis(&common::RedisOptions {
+            port: Some(taken),
+            ..Default::default()
+        })
+    });
+    let message = outcome
+        .err()
+        .expect("a redis-server on a taken port must not pass");
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("exited without listening"), "{text}");
+}

@@ -64,20 +64,22 @@ impl KeyData {
 
     /// Appends records of this key with their counted sizes and hours (same lengths);
     /// returns the key's length afterwards.
-    fn append<'r, S: AsRef<str> + Ord + 'r>(
+    fn append<R, S>(
         &mut self,
-        records: impl ExactSizeIterator<Item = &'r LogOf<S>>,
+        records: &[R],
         sizes: &[u32],
         hours: &[Option<Hour>],
-    ) -> Result<usize> {
+    ) -> Result<usize>
+    where
+        R: std::ops::Deref<Target = LogOf<S>>,
+        S: AsRef<str> + Ord,
+    {
         let incoming: usize = sizes.iter().map(|s| *s as usize).sum();
         if self.active.text_bytes() + incoming > SEAL_BYTES {
             self.seal()?;
         }
         self.rows += records.len();
-        for r in records {
-            self.active.append(r);
-        }
+        self.active.append_rows(records);
         self.active_sizes.extend_from_slice(sizes);
         self.active_hours.extend_from_slice(hours);
         Ok(self.rows)
@@ -157,7 +159,7 @@ impl Buffer for MemBuffer {
         let mut lens = Vec::with_capacity(groups.len());
         for ((key, records), (sizes, hours)) in groups.iter().zip(rows) {
             let data = st.keys.entry(key.clone()).or_default();
-            lens.push(data.append(records.iter().map(|r| &**r), &sizes, &hours)?);
+            lens.push(data.append(records, &sizes, &hours)?);
         }
         drop(st);
         // The records themselves are freed here, on the pushing thread, after the lock.
@@ -329,7 +331,7 @@ impl Buffer for MemBuffer {
         let mut lens = Vec::with_capacity(groups.len());
         for (key, g) in keys.iter().zip(groups) {
             let data = st.keys.entry(key.clone()).or_default();
-            lens.push(data.append(g.records.iter().copied(), &g.sizes, &g.hours)?);
+            lens.push(data.append(&g.records, &g.sizes, &g.hours)?);
         }
         Ok(lens)
     }

@@ -39,6 +39,95 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Inodes of the sockets listening on TCP `port` (from `/proc/net/tcp` and `tcp6`).
+fn listening_inodes(port: u16) -> Vec<String> {
+    let want = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ... uid timeout inode
+            if cols.len() > 9 && cols[1].ends_with(&want) && cols[3] == "0A" {
+                inodes.push(cols[9].to_string());
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether process `pid` itself holds a socket listening on `port`: a port that merely
+/// accepts connections may belong to another test's server, taken between
+/// [`free_port`] and our server's bind.
+pub fn pid_listens(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let t = target.to_string_lossy();
+            inodes.iter().any(|i| t == format!("socket:[{i}]"))
+        })
+    })
+}
+
+/// How a started server came up.
+enum Listen {
+    /// It listens on the port.
+    Up,
+    /// It exited (could not bind: the port was taken).
+    Exited,
+    /// Neither within the timeout.
+    TimedOut,
+}
+
+/// Waits until `child` itself listens on `port`, or exits.
+fn wait_for_child(child: &mut Child, port: u16, timeout: Duration) -> Listen {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if pid_listens(child.id(), port) {
+            return Listen::Up;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return Listen::Exited;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Listen::TimedOut
+}
+
+/// Starts a server with `spawn(port)` and waits until that very process listens. On a
+/// port of our choosing (`fixed` = `None`), a server that exits (the port was taken in
+/// the meantime) is started again on another free port.
+fn start_listening(
+    what: &str,
+    fixed: Option<u16>,
+    timeout: Duration,
+    mut spawn: impl FnMut(u16) -> Child,
+) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = fixed.unwrap_or_else(free_port);
+        let mut child = spawn(port);
+        match wait_for_child(&mut child, port, timeout) {
+            Listen::Up => return (child, port),
+            Listen::Exited if fixed.is_none() => continue,
+            Listen::Exited => panic!("{what} exited without listening on {port}"),
+            Listen::TimedOut => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not listen on {port} within {timeout:?}");
+            }
+        }
+    }
+    panic!("{what} could not bind a free loopback port in 5 attempts")
+}
+
 /// The Python interpreter with pyarrow, duckdb and moto (`D2P_PYTHON`, else `.venv`).
 pub fn python() -> PathBuf {
     if let Ok(p) = std::env::var("D2P_PYTHON") {
@@ -92,65 +181,66 @@ pub fn start_redis(opts: &RedisOptions) -> Server {
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = opts.dir.clone().unwrap_or_else(|| dir.path().to_path_buf());
-    let port = opts.port.unwrap_or_else(free_port);
-    let mut cmd = Command::new(bin);
-    cmd.arg("--port")
-        .arg(port.to_string())
-        .arg("--bind")
-        .arg("127.0.0.1")
-        .arg("--save")
-        .arg("")
-        .arg("--dir")
-        .arg(&data_dir)
-        .arg("--appendonly")
-        .arg(if opts.appendonly { "yes" } else { "no" })
-        .arg("--appendfsync")
-        .arg("always")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(pw) = &opts.password {
-        cmd.arg("--requirepass").arg(pw);
-    }
-    let child = cmd.spawn().expect("starting redis-server");
-    assert!(
-        wait_for_port(port, Duration::from_secs(10)),
-        "redis-server did not listen on {port}"
-    );
+    let (child, port) =
+        start_listening("redis-server", opts.port, Duration::from_secs(10), |port| {
+            let mut cmd = Command::new(&bin);
+            cmd.arg("--port")
+                .arg(port.to_string())
+                .arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--save")
+                .arg("")
+                .arg("--dir")
+                .arg(&data_dir)
+                .arg("--appendonly")
+                .arg(if opts.appendonly { "yes" } else { "no" })
+                .arg("--appendfsync")
+                .arg("always")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(pw) = &opts.password {
+                cmd.arg("--requirepass").arg(pw);
+            }
+            cmd.spawn().expect("starting redis-server")
+        });
     Server { child, port, dir }
 }
 
 /// Starts moto's S3/STS server (`moto_server` from the project's Python) on a free port.
 pub fn start_moto() -> Server {
-    start_moto_on(free_port())
+    start_moto_with(None, &[])
 }
 
 /// Starts moto's server on `port` (to restart one on the same address).
 pub fn start_moto_on(port: u16) -> Server {
-    start_moto_with(port, &[])
+    start_moto_with(Some(port), &[])
 }
 
 /// Starts moto's server that checks credentials (IAM authentication on from the first
 /// request), so bad keys are refused as AWS would.
 pub fn start_moto_with_auth() -> Server {
-    start_moto_with(free_port(), &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
+    start_moto_with(None, &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
 }
 
-fn start_moto_with(port: u16, env: &[(&str, &str)]) -> Server {
+fn start_moto_with(port: Option<u16>, env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let py = python();
-    let child = Command::new(&py)
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
-        .arg(port.to_string())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting moto server with {}: {e}", py.display()));
-    assert!(
-        wait_for_port(port, Duration::from_secs(30)),
-        "moto server did not listen on {port}: is `moto[server]` installed (make test-deps)?"
+    let (child, port) = start_listening(
+        "moto server (is `moto[server]` installed? make test-deps)",
+        port,
+        Duration::from_secs(30),
+        |port| {
+            Command::new(&py)
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+                .arg(port.to_string())
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting moto server with {}: {e}", py.display()))
+        },
     );
     Server { child, port, dir }
 }
