@@ -59,13 +59,18 @@ shutil.rmtree(OUT / "out-d2p", ignore_errors=True)
 (OUT / "out-duckdb.parquet").unlink(missing_ok=True)
 o, d = best(ours), best(duck)
 ratio = d[0] / o[0]
+# Runs alternate, so each pair shares the machine's mood of that moment: on a noisy VM the
+# median of the pairs' ratios is the steadier figure, the best-of ratio the headline.
+pair_ratios = sorted(dr[0] / orun[0] for orun, dr in zip(ours, duck))
+median_ratio = pair_ratios[len(pair_ratios) // 2] if len(pair_ratios) % 2 else \
+    (pair_ratios[len(pair_ratios) // 2 - 1] + pair_ratios[len(pair_ratios) // 2]) / 2
 print(f"input: {RECORDS} records, {size_mb:.0f} MB JSON Lines; output to {OUT}; best of {RUNS} runs each")
 print(f"json2parquet: {o[0]:.2f} s wall, {o[1]:.2f} s CPU, {RECORDS / o[0]:,.0f} records/s, {size_mb / o[0]:.0f} MB/s, peak RSS {o[2]:.0f} MiB")
 print(f"duckdb:       {d[0]:.2f} s wall, {d[1]:.2f} s CPU, {RECORDS / d[0]:,.0f} records/s, {size_mb / d[0]:.0f} MB/s, peak RSS {d[2]:.0f} MiB")
-print(f"throughput ratio json2parquet/duckdb: {ratio:.2f}x (target >= 2x); peak RSS {o[2]:.0f} MiB (target < 256 MiB)")
+print(f"throughput ratio json2parquet/duckdb: {ratio:.2f}x best of each, median of the {len(pair_ratios)} alternating pairs {median_ratio:.2f}x (target >= 2x); peak RSS {o[2]:.0f} MiB (target < 256 MiB)")
 print("RESULT " + json.dumps({
     "bench": "json2parquet_vs_duckdb", "records": RECORDS, "input_mb": round(size_mb, 1),
     "ours_s": round(o[0], 3), "ours_cpu_s": round(o[1], 3), "ours_rss_mib": round(o[2], 1),
     "duckdb_s": round(d[0], 3), "duckdb_cpu_s": round(d[1], 3), "duckdb_rss_mib": round(d[2], 1),
-    "ratio": round(ratio, 2),
+    "ratio": round(ratio, 2), "median_pair_ratio": round(median_ratio, 2),
 }))
