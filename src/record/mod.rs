@@ -382,6 +382,18 @@ impl Hour {
 mod tests {
     use super::*;
 
+    /// The states of a 64-bit linear congruential generator after `seed`: repeatable
+    /// pseudo-random test input.
+    fn lcg(seed: u64) -> impl Iterator<Item = u64> {
+        std::iter::successors(Some(seed), |x| {
+            Some(
+                x.wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407),
+            )
+        })
+        .skip(1)
+    }
+
     #[test]
     fn partition_key_uses_defaults() {
         let mut log = Log {
@@ -407,16 +419,10 @@ mod tests {
             Utc.timestamp_opt(-62_167_219_201, 0).single(),
             Utc.timestamp_opt(1_483_228_799, 1_500_000_000).single(),
         ];
-        let mut x: i64 = 12345;
-        for _ in 0..2000 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let sec = (x >> 20) % 300_000_000_000;
-            instants.push(
-                Utc.timestamp_opt(sec, (x as u64 % 1_000_000_000) as u32)
-                    .single(),
-            );
+        for x in lcg(12345).take(2000) {
+            // Signed, so that instants before 1970 come up too.
+            let sec = (x as i64 >> 20) % 300_000_000_000;
+            instants.push(Utc.timestamp_opt(sec, (x % 1_000_000_000) as u32).single());
         }
         for t in instants.into_iter().flatten() {
             assert_eq!(format_time(t), chrono(t), "{t:?}");
@@ -460,11 +466,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut x: u64 = 7;
-        for _ in 0..3000 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+        for x in lcg(7).take(3000) {
             let secs = (x >> 24) % 250_000_000_000;
             let t = Utc
                 .timestamp_opt(secs as i64, (x % 1_000_000_000) as u32)
