@@ -374,19 +374,6 @@ const fn normalise(name: &[u8]) -> Normalised {
     out
 }
 
-/// FNV-1a over the first `len` bytes: the slot of a normalised name in [`TABLE`], at
-/// compile time and in [`lookup_normalised`].
-const fn fnv(bytes: &[u8; 32], len: usize) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < len {
-        h ^= bytes[i] as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    h
-}
-
 /// [`USUAL`] normalised, in its order.
 const NORMALISED: [Normalised; USUAL.len()] = {
     let mut out = [Normalised {
@@ -408,14 +395,13 @@ const NORMALISED: [Normalised; USUAL.len()] = {
 /// [`USUAL`]).
 const TABLE_SLOTS: usize = 128;
 
-/// [`NORMALISED`] by hash, built at compile time: each slot holds an index into it plus
-/// one, or 0 when empty; collisions probe the next slot.
-const TABLE: [u8; TABLE_SLOTS] = {
+/// `sigs` by slot, built at compile time: each slot holds an index into `sigs` plus one, or
+/// 0 when empty; collisions probe the next slot.
+const fn table_of(sigs: &[Signature]) -> [u8; TABLE_SLOTS] {
     let mut table = [0u8; TABLE_SLOTS];
     let mut i = 0;
-    while i < NORMALISED.len() {
-        let n = &NORMALISED[i];
-        let mut slot = (fnv(&n.bytes, n.len) as usize) & (TABLE_SLOTS - 1);
+    while i < sigs.len() {
+        let mut slot = sigs[i].slot();
         while table[slot] != 0 {
             slot = (slot + 1) & (TABLE_SLOTS - 1);
         }
@@ -423,7 +409,37 @@ const TABLE: [u8; TABLE_SLOTS] = {
         i += 1;
     }
     table
-};
+}
+
+/// The index in `sigs` of `sig`, found through `table` (made by [`table_of`]).
+#[inline]
+fn probe(table: &[u8; TABLE_SLOTS], sigs: &[Signature], sig: Signature) -> Option<usize> {
+    let mut slot = sig.slot();
+    loop {
+        let i = (table[slot] as usize).checked_sub(1)?;
+        if sigs[i] == sig {
+            return Some(i);
+        }
+        slot = (slot + 1) & (TABLE_SLOTS - 1);
+    }
+}
+
+/// The signatures of `names` (each at most 32 bytes), in their order.
+const fn signatures_of<const N: usize>(names: [&[u8]; N]) -> [Signature; N] {
+    let mut sigs = [Signature {
+        len: 0,
+        words: [0; 4],
+    }; N];
+    let mut i = 0;
+    while i < N {
+        let Some(sig) = signature(names[i]) else {
+            panic!("a column name is empty or longer than 32 bytes");
+        };
+        sigs[i] = sig;
+        i += 1;
+    }
+    sigs
+}
 
 /// A key of at most 32 bytes as its length and four (overlapping) little-endian words,
 /// which together cover every byte: two keys are equal exactly when their signatures are.
@@ -547,58 +563,41 @@ const USUAL: &[(&[u8], Field)] = &[
     (b"hostname", Field::Host),
 ];
 
-/// [`USUAL`] by signature, built at compile time: each slot holds an index into `USUAL`
-/// plus one, or 0 when empty; collisions probe the next slot.
-const USUAL_TABLE: [u8; TABLE_SLOTS] = {
-    let mut table = [0u8; TABLE_SLOTS];
+/// The names of [`USUAL`] as written.
+const USUAL_NAMES: [&[u8]; USUAL.len()] = {
+    let mut names: [&[u8]; USUAL.len()] = [&[]; USUAL.len()];
     let mut i = 0;
     while i < USUAL.len() {
-        let mut slot = USUAL_SIGNATURES[i].slot();
-        while table[slot] != 0 {
-            slot = (slot + 1) & (TABLE_SLOTS - 1);
-        }
-        table[slot] = (i + 1) as u8;
+        names[i] = USUAL[i].0;
         i += 1;
     }
-    table
+    names
+};
+/// The names of [`USUAL`] normalised ([`NORMALISED`]).
+const NORMALISED_NAMES: [&[u8]; USUAL.len()] = {
+    let mut names: [&[u8]; USUAL.len()] = [&[]; USUAL.len()];
+    let mut i = 0;
+    while i < USUAL.len() {
+        let n = &NORMALISED[i];
+        names[i] = n.bytes.split_at(n.len).0;
+        i += 1;
+    }
+    names
 };
 
-/// The signatures of [`USUAL`], in its order.
-const USUAL_SIGNATURES: [Signature; USUAL.len()] = {
-    let mut sigs = [Signature {
-        len: 0,
-        words: [0; 4],
-    }; USUAL.len()];
-    let mut i = 0;
-    while i < USUAL.len() {
-        let Some(sig) = signature(USUAL[i].0) else {
-            panic!("a usual name is longer than 32 bytes");
-        };
-        sigs[i] = sig;
-        i += 1;
-    }
-    sigs
-};
+/// Signatures and slot tables of [`USUAL`] as written and normalised.
+const USUAL_SIGNATURES: [Signature; USUAL.len()] = signatures_of(USUAL_NAMES);
+const USUAL_TABLE: [u8; TABLE_SLOTS] = table_of(&USUAL_SIGNATURES);
+const NORMALISED_SIGNATURES: [Signature; USUAL.len()] = signatures_of(NORMALISED_NAMES);
+const NORMALISED_TABLE: [u8; TABLE_SLOTS] = table_of(&NORMALISED_SIGNATURES);
 
 /// The column a key lands in. A key written the usual way ([`USUAL`]) is found by its
 /// signature (a few word loads and compares); any other is normalised (ASCII lowercase,
-/// `_` and `-` dropped) and found by hash among [`NORMALISED`].
+/// `_` and `-` dropped) and found by its signature among [`NORMALISED`].
 fn lookup(key: &str) -> Option<Field> {
-    if let Some(sig) = Signature::of(key.as_bytes()) {
-        let mut slot = sig.slot();
-        loop {
-            let entry = USUAL_TABLE[slot];
-            if entry == 0 {
-                break;
-            }
-            let i = entry as usize - 1;
-            if USUAL_SIGNATURES[i] == sig {
-                return Some(USUAL[i].1);
-            }
-            slot = (slot + 1) & (TABLE_SLOTS - 1);
-        }
-    }
-    lookup_normalised(key)
+    Signature::of(key.as_bytes())
+        .and_then(|sig| probe(&USUAL_TABLE, &USUAL_SIGNATURES, sig))
+        .map_or_else(|| lookup_normalised(key), |i| Some(USUAL[i].1))
 }
 
 /// [`lookup`] for keys not written the usual way.
@@ -609,27 +608,16 @@ fn lookup_normalised(key: &str) -> Option<Field> {
         if b == b'_' || b == b'-' {
             continue;
         }
-        // No name is longer than 32 normalised bytes.
+        // Longer than any name: not a column.
         if n == buf.len() {
             return None;
         }
+        // Only ASCII bytes are dropped or lowercased, so bytes compare like the text.
         buf[n] = b.to_ascii_lowercase();
         n += 1;
     }
-    let mut slot = (fnv(&buf, n) as usize) & (TABLE_SLOTS - 1);
-    loop {
-        let entry = TABLE[slot];
-        if entry == 0 {
-            return None;
-        }
-        let i = entry as usize - 1;
-        let name = &NORMALISED[i];
-        // Only ASCII bytes were dropped or lowercased, so bytes compare like the text.
-        if name.bytes[..name.len] == buf[..n] {
-            return Some(USUAL[i].1);
-        }
-        slot = (slot + 1) & (TABLE_SLOTS - 1);
-    }
+    let sig = Signature::of(&buf[..n])?;
+    probe(&NORMALISED_TABLE, &NORMALISED_SIGNATURES, sig).map(|i| USUAL[i].1)
 }
 
 fn to_bool(v: &Loose<'_>) -> Option<bool> {
