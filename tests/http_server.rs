@@ -17,56 +17,45 @@ struct ServerProc {
 }
 
 impl ServerProc {
-    /// Starts the server on a free port. A free port can be taken by another test's
-    /// server between the probe and the bind, so the server counts as up only once
-    /// `/healthcheck/` names this server's own output directory; a server that could not
-    /// bind (it exits) is started again on another port.
+    /// Starts the server on a free port; it counts as up once this very process listens
+    /// there ([`common::start_listening`], which starts it again on another port if it
+    /// exits because the port was taken meanwhile).
     fn start(sets: &[(&str, &str)]) -> ServerProc {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
         let log = dir.path().join("server.log");
-        for _attempt in 0..5 {
-            let port = common::free_port();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_http-server"));
-            cmd.arg("--port")
-                .arg(port.to_string())
-                .arg("--set")
-                .arg(format!("WriterFilePath={}", out.display()))
-                .arg("--set")
-                .arg(format!(
-                    "RecoveryPath={}",
-                    dir.path().join("recovery").display()
-                ))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("server log"));
-            for (k, v) in sets {
-                cmd.arg("--set").arg(format!("{k}={v}"));
-            }
-            let mut child = cmd.spawn().expect("start http-server");
-            let base = format!("http://127.0.0.1:{port}");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if child.try_wait().expect("wait").is_some() {
-                    break;
+        let describe = || {
+            format!(
+                "http-server (its log: {})",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        };
+        let (child, port) =
+            common::start_listening(&describe, None, Duration::from_secs(20), |port| {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_http-server"));
+                cmd.arg("--port")
+                    .arg(port.to_string())
+                    .arg("--set")
+                    .arg(format!("WriterFilePath={}", out.display()))
+                    .arg("--set")
+                    .arg(format!(
+                        "RecoveryPath={}",
+                        dir.path().join("recovery").display()
+                    ))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log).expect("server log"));
+                for (k, v) in sets {
+                    cmd.arg("--set").arg(format!("{k}={v}"));
                 }
-                if serves_dir(&base, &out) {
-                    return ServerProc {
-                        child: Some(child),
-                        base,
-                        out,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+                cmd.spawn().expect("start http-server")
+            });
+        ServerProc {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            out,
+            _dir: dir,
         }
-        panic!(
-            "http-server did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
     }
 
     /// SIGTERM, then wait for a clean exit; returns the exit code.
@@ -98,16 +87,6 @@ impl Drop for ServerProc {
             let _ = c.wait();
         }
     }
-}
-
-/// Whether the server at `base` answers `/healthcheck/` and writes into `out`.
-fn serves_dir(base: &str, out: &Path) -> bool {
-    let Ok(mut resp) = agent().get(&format!("{base}/healthcheck/")).call() else {
-        return false;
-    };
-    resp.body_mut()
-        .read_to_string()
-        .is_ok_and(|body| body.contains(&*out.to_string_lossy()))
 }
 
 fn agent() -> ureq::Agent {

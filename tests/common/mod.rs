@@ -104,9 +104,10 @@ fn wait_for_child(child: &mut Child, port: u16, timeout: Duration) -> Listen {
 
 /// Starts a server with `spawn(port)` and waits until that very process listens. On a
 /// port of our choosing (`fixed` = `None`), a server that exits (the port was taken in
-/// the meantime) is started again on another free port.
-fn start_listening(
-    what: &str,
+/// the meantime) is started again on another free port. `what` names the server in a
+/// failure (it may read the server's log).
+pub fn start_listening(
+    what: &dyn Fn() -> String,
     fixed: Option<u16>,
     timeout: Duration,
     mut spawn: impl FnMut(u16) -> Child,
@@ -117,15 +118,18 @@ fn start_listening(
         match wait_for_child(&mut child, port, timeout) {
             Listen::Up => return (child, port),
             Listen::Exited if fixed.is_none() => continue,
-            Listen::Exited => panic!("{what} exited without listening on {port}"),
+            Listen::Exited => panic!("{} exited without listening on {port}", what()),
             Listen::TimedOut => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{what} did not listen on {port} within {timeout:?}");
+                panic!("{} did not listen on {port} within {timeout:?}", what());
             }
         }
     }
-    panic!("{what} could not bind a free loopback port in 5 attempts")
+    panic!(
+        "{} could not bind a free loopback port in 5 attempts",
+        what()
+    )
 }
 
 /// The Python interpreter with pyarrow, duckdb and moto (`D2P_PYTHON`, else `.venv`).
@@ -181,8 +185,11 @@ pub fn start_redis(opts: &RedisOptions) -> Server {
     });
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = opts.dir.clone().unwrap_or_else(|| dir.path().to_path_buf());
-    let (child, port) =
-        start_listening("redis-server", opts.port, Duration::from_secs(10), |port| {
+    let (child, port) = start_listening(
+        &|| "redis-server".into(),
+        opts.port,
+        Duration::from_secs(10),
+        |port| {
             let mut cmd = Command::new(&bin);
             cmd.arg("--port")
                 .arg(port.to_string())
@@ -202,7 +209,8 @@ pub fn start_redis(opts: &RedisOptions) -> Server {
                 cmd.arg("--requirepass").arg(pw);
             }
             cmd.spawn().expect("starting redis-server")
-        });
+        },
+    );
     Server { child, port, dir }
 }
 
@@ -226,7 +234,7 @@ fn start_moto_with(port: Option<u16>, env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let py = python();
     let (child, port) = start_listening(
-        "moto server (is `moto[server]` installed? make test-deps)",
+        &|| "moto server (is `moto[server]` installed? make test-deps)".into(),
         port,
         Duration::from_secs(30),
         |port| {
