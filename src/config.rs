@@ -77,6 +77,9 @@ pub enum Compression {
 pub enum RecordType {
     /// The seed's fixed 32-column `Log` schema.
     Log,
+    /// Any JSON object: columns from `JsonSchemaPath`, or inferred per file when it is
+    /// empty ([`crate::dynamic`]).
+    Dynamic,
 }
 
 /// The complete configuration. Build it with [`Config::from_json`], [`Config::from_pairs`]
@@ -507,11 +510,12 @@ impl Config {
             "recordtype" => {
                 self.record_type = match as_string(value).to_ascii_lowercase().as_str() {
                     "log" | "" => RecordType::Log,
+                    "dynamic" => RecordType::Dynamic,
                     _ => {
                         return Err(Error::config(
                             key,
                             value_text(value),
-                            "`log` (the seed's Log schema; `dynamic` is not supported yet)",
+                            "`log` (the seed's Log schema) or `dynamic` (any JSON object; columns from JsonSchemaPath, or inferred)",
                         ));
                     }
                 }

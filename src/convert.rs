@@ -509,6 +509,15 @@ impl<'b> LogArrays<'b> {
     }
 }
 
+/// The `extra_fields` entries of every row of a Log batch: how dynamic records travel
+/// (see [`crate::dynamic`]).
+pub fn extra_fields_rows(batch: &RecordBatch) -> Result<Vec<Vec<(&str, &str)>>> {
+    let a = LogArrays::new(batch)?;
+    Ok((0..a.rows)
+        .map(|i| a.map(1, i).map(Iterator::collect).unwrap_or_default())
+        .collect())
+}
+
 /// A string array checked by [`LogArrays::new`]; an empty one should that ever fail.
 fn strings_of(a: &ArrayRef) -> &StringArray {
     static EMPTY: OnceLock<StringArray> = OnceLock::new();
@@ -595,7 +604,24 @@ impl EncodeOptions {
         }
     }
 
+    /// Settings for the Log schema: dictionary encoding for its repetitive columns.
     fn properties(&self) -> Result<WriterProperties> {
+        let mut b = self.base()?.set_dictionary_enabled(false);
+        if self.dictionary {
+            for col in DICTIONARY_COLUMNS {
+                b = b.set_column_dictionary_enabled(ColumnPath::from(*col), true);
+            }
+        }
+        Ok(b.build())
+    }
+
+    /// Settings for any schema (dynamic records): dictionary encoding, when on, for every
+    /// column (the writer falls back to plain pages when a column's dictionary grows big).
+    fn any_properties(&self) -> Result<WriterProperties> {
+        Ok(self.base()?.set_dictionary_enabled(self.dictionary).build())
+    }
+
+    fn base(&self) -> Result<parquet::file::properties::WriterPropertiesBuilder> {
         use parquet::basic::Compression as C;
         let codec = match self.compression {
             Compression::None => C::UNCOMPRESSED,
@@ -607,23 +633,16 @@ impl EncodeOptions {
                 Error::config("WriterCompressionLevel", level.to_string(), e.to_string())
             })?),
         };
-        let mut b = WriterProperties::builder()
+        Ok(WriterProperties::builder()
             .set_compression(codec)
             .set_created_by(format!("data2parquet {}", env!("CARGO_PKG_VERSION")))
-            .set_dictionary_enabled(false)
             .set_max_row_group_row_count(None)
             .set_max_row_group_bytes(Some(self.row_group_bytes.max(1) as usize))
             .set_statistics_enabled(if self.statistics {
                 EnabledStatistics::Page
             } else {
                 EnabledStatistics::None
-            });
-        if self.dictionary {
-            for col in DICTIONARY_COLUMNS {
-                b = b.set_column_dictionary_enabled(ColumnPath::from(*col), true);
-            }
-        }
-        Ok(b.build())
+            }))
     }
 }
 
@@ -642,10 +661,6 @@ pub fn encode(records: &[Record], opts: &EncodeOptions) -> Result<Vec<u8>> {
 /// Encodes Log batches (together non-empty) as one Parquet file in memory. Big batches
 /// are handed to the writer in slices, which bounds its working memory.
 pub fn encode_batches(batches: &[RecordBatch], opts: &EncodeOptions) -> Result<Vec<u8>> {
-    let enc_err = |e: parquet::errors::ParquetError| Error::Encode {
-        key: String::new(),
-        reason: e.to_string(),
-    };
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows == 0 {
         return Err(Error::Encode {
@@ -657,8 +672,28 @@ pub fn encode_batches(batches: &[RecordBatch], opts: &EncodeOptions) -> Result<V
     // regrow and copy.
     let arrow_bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
     let out = Vec::with_capacity(arrow_bytes / 3 + 4096);
-    let mut writer =
+    let writer =
         ArrowWriter::try_new(out, log_schema(), Some(opts.properties()?)).map_err(enc_err)?;
+    write_slices(writer, batches)
+}
+
+/// Encodes one batch of any schema (dynamic records) as one Parquet file in memory.
+pub fn encode_any(batch: &RecordBatch, opts: &EncodeOptions) -> Result<Vec<u8>> {
+    let out = Vec::with_capacity(batch.get_array_memory_size() / 3 + 4096);
+    let writer =
+        ArrowWriter::try_new(out, batch.schema(), Some(opts.any_properties()?)).map_err(enc_err)?;
+    write_slices(writer, std::slice::from_ref(batch))
+}
+
+fn enc_err(e: parquet::errors::ParquetError) -> Error {
+    Error::Encode {
+        key: String::new(),
+        reason: e.to_string(),
+    }
+}
+
+/// Hands `batches` to the writer in slices of [`SLICE_ROWS`] and finishes the file.
+fn write_slices(mut writer: ArrowWriter<Vec<u8>>, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     for batch in batches {
         let mut offset = 0;
         while offset < batch.num_rows() {

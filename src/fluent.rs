@@ -26,10 +26,11 @@ mod msgpack;
 
 use chrono::{TimeZone, Utc};
 use rmpv::ValueRef;
-use serde::Deserialize;
+use serde::de::DeserializeSeed;
 
+use crate::config::RecordType;
 use crate::error::{Error, Result};
-use crate::record::decode::{Loose, from_loose, insert_unique, truncate};
+use crate::record::decode::{Loose, RecordSeed, from_loose_as, insert_unique, truncate};
 use crate::record::{LogRef, format_time};
 
 /// Deepest nesting accepted inside one event (deeper input is rejected, not a stack overflow).
@@ -74,7 +75,7 @@ enum EventTime {
 }
 
 /// Decodes a whole chunk. Fails only when not even the first event can be framed.
-pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str) -> Result<Decoded<'a>> {
+pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str, kind: RecordType) -> Result<Decoded<'a>> {
     let mut out = Decoded::default();
     let mut rd: &[u8] = data;
     let mut index = 0usize;
@@ -85,7 +86,7 @@ pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str) -> Result<Decoded<'a>> {
             Ok(()) if msgpack::is_array(rd) => {
                 let event = &rd[..rd.len() - rest.len()];
                 rd = rest;
-                match fast_event(event, tag).unwrap_or_else(|| slow_event(event, tag)) {
+                match fast_event(event, tag, kind).unwrap_or_else(|| slow_event(event, tag, kind)) {
                     Ok(Some(log)) => out.records.push(log),
                     Ok(None) => out.group_markers += 1,
                     Err((reason, raw)) => out.rejected.push(Rejected {
@@ -131,7 +132,7 @@ pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str) -> Result<Decoded<'a>> {
 /// The common case without intermediate values: `[[ts, meta], map]` or `[ts, map]` with a
 /// valid timestamp, the body deserialized straight into a [`Log`]. `None` sends the event
 /// to [`slow_event`], which handles (and explains) everything else.
-fn fast_event<'a>(event: &'a [u8], tag: &'a str) -> Option<EventOutcome<'a>> {
+fn fast_event<'a>(event: &'a [u8], tag: &'a str, kind: RecordType) -> Option<EventOutcome<'a>> {
     let mut rd = event;
     if msgpack::array_len(&mut rd)? != 2 {
         return None;
@@ -159,23 +160,32 @@ fn fast_event<'a>(event: &'a [u8], tag: &'a str) -> Option<EventOutcome<'a>> {
     if !msgpack::is_map(rd) {
         return None;
     }
-    let log = LogRef::deserialize(&mut msgpack::Deser::new(rd, MAX_DEPTH)).ok()?;
-    Some(Ok(Some(finish(log, sec, nsec, metadata.as_ref(), tag))))
+    let log = RecordSeed::new(kind)
+        .deserialize(&mut msgpack::Deser::new(rd, MAX_DEPTH))
+        .ok()?;
+    Some(Ok(Some(finish(
+        log,
+        kind,
+        sec,
+        nsec,
+        metadata.as_ref(),
+        tag,
+    ))))
 }
 
 /// One event's outcome: a record, `None` for a group marker, or `(reason, raw json)`.
 type EventOutcome<'a> = std::result::Result<Option<LogRef<'a>>, (String, String)>;
 
-fn slow_event<'a>(event: &'a [u8], tag: &'a str) -> EventOutcome<'a> {
+fn slow_event<'a>(event: &'a [u8], tag: &'a str, kind: RecordType) -> EventOutcome<'a> {
     let mut rd = event;
     match rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH) {
-        Ok(value) => decode_event(value, tag),
+        Ok(value) => decode_event(value, tag, kind),
         Err(e) => Err((format!("undecodable event: {e}"), hex(event))),
     }
 }
 
 /// One event: `Ok(None)` for a group marker, `Err((reason, raw json))` for a bad shape.
-fn decode_event<'a>(value: ValueRef<'a>, tag: &'a str) -> EventOutcome<'a> {
+fn decode_event<'a>(value: ValueRef<'a>, tag: &'a str, kind: RecordType) -> EventOutcome<'a> {
     let raw = |v: &ValueRef<'_>| compact(&to_loose(v));
     let ValueRef::Array(mut root) = value else {
         return Err(("the event is not a 2-element array".into(), raw(&value)));
@@ -220,16 +230,18 @@ fn decode_event<'a>(value: ValueRef<'a>, tag: &'a str) -> EventOutcome<'a> {
         let reason = "the record body is not a map".to_string();
         return Err((reason, raw(&ValueRef::Array(vec![ts, body]))));
     }
-    let log =
-        from_loose(to_loose(&body), || "event".into()).map_err(|e| (e.to_string(), raw(&body)))?;
-    Ok(Some(finish(log, sec, nsec, metadata.as_ref(), tag)))
+    let log = from_loose_as(to_loose(&body), kind, || "event".into())
+        .map_err(|e| (e.to_string(), raw(&body)))?;
+    Ok(Some(finish(log, kind, sec, nsec, metadata.as_ref(), tag)))
 }
 
-/// Fills `time` when the record has none and adds the Fluent Bit arguments.
 /// Fills `time` when the record has none and adds the Fluent Bit arguments. A value
-/// already present under one of their keys is kept (ours goes to `key#2`, ...).
+/// already present under one of their keys is kept (ours goes to `key#2`, ...). A dynamic
+/// record gets only the time (for its hour; it is not one of its fields): its columns are
+/// its own fields.
 fn finish<'a>(
     mut log: LogRef<'a>,
+    kind: RecordType,
     sec: i64,
     nsec: u32,
     metadata: Option<&ValueRef<'_>>,
@@ -242,6 +254,9 @@ fn finish<'a>(
         .unwrap_or_else(|| format!("{sec}.{nsec:09}"));
     if log.time.is_empty() {
         log.time = Cow::Owned(fluent_time.clone());
+    }
+    if kind == RecordType::Dynamic {
+        return log;
     }
     let args = log.args.get_or_insert_with(BTreeMap::new);
     insert_unique(args, Cow::Borrowed(ARG_TAG), Cow::Borrowed(tag));
@@ -406,7 +421,7 @@ mod tests {
             0xa7, 0x6d, 0x65, 0x73, 0x73, 0x61, 0x67, 0x65, 0xa5, 0x68, 0x65, 0x6c, 0x6c, 0x6f,
             0xa1, 0x6e, 0x01,
         ];
-        let d = decode_chunk(&bytes, "test.a").expect("decodes");
+        let d = decode_chunk(&bytes, "test.a", RecordType::Log).expect("decodes");
         assert_eq!(d.records.len(), 1);
         let log = &d.records[0];
         assert_eq!(log.message, "hello");
@@ -449,7 +464,7 @@ mod tests {
         ext_time(&mut c, 1_700_000_006, 8, true);
         c.extend_from_slice(&[0xdf, 0, 0, 0, 0]);
         body(&mut c, &[("message", "h")]);
-        let d = decode_chunk(&c, "t").expect("decodes");
+        let d = decode_chunk(&c, "t", RecordType::Log).expect("decodes");
         assert!(d.rejected.is_empty(), "{:?}", d.rejected);
         let got: Vec<(&str, &str)> = d.records.iter().map(|l| (&*l.message, &*l.time)).collect();
         assert_eq!(
@@ -482,7 +497,7 @@ mod tests {
             encode::write_str(&mut c, k).expect("vec write");
             encode::write_str(&mut c, v).expect("vec write");
         }
-        let d = decode_chunk(&c, "t").expect("decodes");
+        let d = decode_chunk(&c, "t", RecordType::Log).expect("decodes");
         let log = &d.records[0];
         assert_eq!((&*log.level, &*log.message), ("warn", "m32"));
         assert_eq!(
@@ -500,7 +515,7 @@ mod tests {
             0,
             &[("time", "2024-05-01T10:00:00Z"), ("message", "x")],
         );
-        let d = decode_chunk(&c, "t").expect("decodes");
+        let d = decode_chunk(&c, "t", RecordType::Log).expect("decodes");
         assert_eq!(d.records[0].time, "2024-05-01T10:00:00Z");
         assert_eq!(
             d.records[0].args.as_ref().expect("args")[ARG_TIME],
@@ -520,7 +535,7 @@ mod tests {
         c.push(0x92);
         encode::write_sint(&mut c, -2).expect("vec write");
         body(&mut c, &[]);
-        let d = decode_chunk(&c, "t").expect("decodes");
+        let d = decode_chunk(&c, "t", RecordType::Log).expect("decodes");
         assert_eq!(d.group_markers, 4);
         assert_eq!(d.records.len(), 1);
         assert_eq!(d.records[0].message, "inside");
@@ -530,7 +545,7 @@ mod tests {
     fn records_without_level_or_message_are_kept() {
         let mut c = Vec::new();
         v2(&mut c, 30, 0, &[("foo", "bar")]);
-        let d = decode_chunk(&c, "t").expect("decodes");
+        let d = decode_chunk(&c, "t", RecordType::Log).expect("decodes");
         assert_eq!(d.records.len(), 1);
         assert_eq!(
             d.records[0].extra_fields.as_ref().expect("extra")["foo"],
@@ -562,7 +577,7 @@ mod tests {
         // not an array at all: the framing is lost from here on
         encode::write_u32(&mut c, 7).expect("vec write");
         v2(&mut c, 3, 0, &[("message", "after garbage")]);
-        let d = decode_chunk(&c, "t").expect("decodes");
+        let d = decode_chunk(&c, "t", RecordType::Log).expect("decodes");
         let msgs: Vec<&str> = d.records.iter().map(|l| &*l.message).collect();
         assert_eq!(msgs, vec!["ok1", "ok2"]);
         assert_eq!(d.rejected.len(), 7, "{:?}", d.rejected);
@@ -583,7 +598,7 @@ mod tests {
             &[0xc1, 0x00, 0x01],
             &[0xdf, 0xff, 0xff, 0xff],
         ] {
-            let err = decode_chunk(garbage, "t").expect_err("not events");
+            let err = decode_chunk(garbage, "t", RecordType::Log).expect_err("not events");
             assert!(err.to_string().contains("msgpack"), "{err}");
             assert!(!err.is_retryable());
         }
@@ -597,7 +612,7 @@ mod tests {
         v2(&mut c, 2, 0, &[("message", "second")]);
         for cut in 0..c.len() {
             let part = &c[..cut];
-            match decode_chunk(part, "t") {
+            match decode_chunk(part, "t", RecordType::Log) {
                 Ok(d) => {
                     let expect_first = usize::from(cut >= first_len);
                     assert_eq!(d.records.len(), expect_first, "cut {cut}");
@@ -612,7 +627,13 @@ mod tests {
                 }
             }
         }
-        assert_eq!(decode_chunk(&c, "t").expect("whole").records.len(), 2);
+        assert_eq!(
+            decode_chunk(&c, "t", RecordType::Log)
+                .expect("whole")
+                .records
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -627,7 +648,7 @@ mod tests {
                     (state >> 24) as u8
                 })
                 .collect();
-            let _ = decode_chunk(&bytes, "fuzz");
+            let _ = decode_chunk(&bytes, "fuzz", RecordType::Log);
         }
     }
 
@@ -678,13 +699,16 @@ mod tests {
         odd.extend_from_slice(&[0xa1, b'c', 0xd6, 5, 1, 2, 3, 4]);
         events.push(odd);
         for e in &events {
-            let fast = fast_event(e, "t")
+            let fast = fast_event(e, "t", RecordType::Log)
                 .unwrap_or_else(|| panic!("fast path not taken: {:02x?}", &e[..e.len().min(40)]));
-            assert_eq!(fast, slow_event(e, "t"));
+            assert_eq!(fast, slow_event(e, "t", RecordType::Log));
         }
         let chunk: Vec<u8> = events.concat();
         assert_eq!(
-            decode_chunk(&chunk, "t").expect("decodes").records.len(),
+            decode_chunk(&chunk, "t", RecordType::Log)
+                .expect("decodes")
+                .records
+                .len(),
             events.len()
         );
     }
@@ -695,7 +719,7 @@ mod tests {
         c.extend(std::iter::repeat_n(0x91, 100_000));
         c.push(0x80);
         // The framing breaks at depth 64: an error, no stack overflow.
-        assert!(decode_chunk(&c, "t").is_err());
+        assert!(decode_chunk(&c, "t", RecordType::Log).is_err());
     }
 
     #[test]
@@ -705,9 +729,54 @@ mod tests {
         c.push(0x81);
         encode::write_str(&mut c, "fluent-tag").expect("vec write");
         encode::write_str(&mut c, "theirs").expect("vec write");
-        let d = decode_chunk(&c, "ours").expect("decodes");
+        let d = decode_chunk(&c, "ours", RecordType::Log).expect("decodes");
         let args = d.records[0].args.as_ref().expect("args");
         assert_eq!(args["fluent-tag"], "theirs");
         assert_eq!(args["fluent-tag#2"], "ours");
+    }
+
+    #[test]
+    fn dynamic_events_are_their_own_fields_with_fluent_time_as_their_hour() {
+        let mut c = Vec::new();
+        v2(&mut c, 1_700_000_000, 5, &[("message", "a"), ("n", "1")]);
+        // The slow path (a nested map) must give the same kind of record.
+        c.extend_from_slice(&[0x92, 0x92]);
+        ext_time(&mut c, 1_700_000_001, 0, false);
+        c.push(0x80);
+        c.push(0x82);
+        encode::write_str(&mut c, "when").expect("vec write");
+        encode::write_str(&mut c, "2026-12-01T10:00:00Z").expect("vec write");
+        encode::write_str(&mut c, "o").expect("vec write");
+        c.push(0x81);
+        encode::write_str(&mut c, "k").expect("vec write");
+        encode::write_u8(&mut c, 7).expect("vec write");
+        let d = decode_chunk(&c, "t", RecordType::Dynamic).expect("decodes");
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+        assert_eq!(d.records.len(), 2);
+        let fields = |i: usize| -> Vec<(String, String)> {
+            d.records[i]
+                .extra_fields
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            fields(0),
+            [
+                ("message".into(), r#""a""#.into()),
+                ("n".into(), r#""1""#.into())
+            ]
+        );
+        assert_eq!(d.records[0].time, "2023-11-14T22:13:20.000000005Z");
+        assert!(d.records[0].args.is_none(), "no Fluent Bit arguments");
+        assert_eq!(
+            fields(1),
+            [
+                ("o".into(), r#"{"k":7}"#.into()),
+                ("when".into(), r#""2026-12-01T10:00:00Z""#.into())
+            ]
+        );
+        assert_eq!(d.records[1].time, "2026-12-01T10:00:00Z");
     }
 }

@@ -8,8 +8,9 @@ use std::io::BufRead;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::config::RecordType;
 use crate::error::{Error, Result};
-use crate::record::{Log, LogRef, decode::truncate, decode_json_line, decode_json_ref};
+use crate::record::{Log, LogRef, decode::truncate, decode_json_as};
 
 /// The shape of an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +93,13 @@ pub fn detect<R: BufRead>(reader: &mut R) -> Result<Format> {
 pub fn read_input<R: BufRead>(
     mut reader: R,
     name: &str,
+    kind: RecordType,
     batch: usize,
     sink: &mut dyn FnMut(Vec<Log>, Vec<Rejected>) -> Result<()>,
 ) -> Result<ReadStats> {
     match detect(&mut reader)? {
-        Format::JsonLines => read_json_lines(reader, name, batch, sink),
-        format => read_document(reader, name, format, batch, sink),
+        Format::JsonLines => read_json_lines(reader, name, kind, batch, sink),
+        format => read_document(reader, name, kind, format, batch, sink),
     }
 }
 
@@ -105,6 +107,7 @@ pub fn read_input<R: BufRead>(
 pub fn read_json_lines<R: BufRead>(
     mut reader: R,
     name: &str,
+    kind: RecordType,
     batch: usize,
     sink: &mut dyn FnMut(Vec<Log>, Vec<Rejected>) -> Result<()>,
 ) -> Result<ReadStats> {
@@ -112,7 +115,7 @@ pub fn read_json_lines<R: BufRead>(
     let mut line_no = 0u64;
     while let Some(block) = read_block(&mut reader, name, batch, &mut line_no)? {
         stats.bytes += block.data.len() as u64;
-        let (records, rejected) = decode_json_lines(&block.data, block.first_line, name);
+        let (records, rejected) = decode_json_lines(&block.data, block.first_line, name, kind);
         stats.records += records.len() as u64;
         stats.rejected += rejected.len() as u64;
         if !records.is_empty() || !rejected.is_empty() {
@@ -221,6 +224,7 @@ pub fn decode_json_lines<'a>(
     data: &'a [u8],
     first_line: u64,
     name: &str,
+    kind: RecordType,
 ) -> (Vec<LogRef<'a>>, Vec<Rejected>) {
     let mut records = Vec::with_capacity(1024);
     let mut rejected = Vec::new();
@@ -230,7 +234,7 @@ pub fn decode_json_lines<'a>(
             continue;
         }
         let line_no = first_line + i as u64;
-        match decode_json_ref(trimmed, || format!("line {line_no} of {name}")) {
+        match decode_json_as(trimmed, kind, || format!("line {line_no} of {name}")) {
             Ok(log) => records.push(log),
             Err(e) => rejected.push(reject(e, trimmed)),
         }
@@ -279,6 +283,7 @@ impl Turn<'_> {
 pub fn read_input_parallel<R, P>(
     mut reader: R,
     name: &str,
+    kind: RecordType,
     batch: usize,
     threads: usize,
     process: &P,
@@ -291,7 +296,7 @@ where
     use std::sync::mpsc::sync_channel;
     if threads <= 1 || detect(&mut reader)? != Format::JsonLines {
         let order = Order::default();
-        return read_input(reader, name, batch, &mut |records, rejected| {
+        return read_input(reader, name, kind, batch, &mut |records, rejected| {
             let turn = Turn {
                 seq: 0,
                 order: &order,
@@ -313,7 +318,8 @@ where
                     let Ok((seq, block)) = job else { break };
                     let turn = Turn { seq, order: &order };
                     if !failed.load(Ordering::Acquire) {
-                        let (logs, bad) = decode_json_lines(&block.data, block.first_line, name);
+                        let (logs, bad) =
+                            decode_json_lines(&block.data, block.first_line, name, kind);
                         let (r, j) = (logs.len() as u64, bad.len() as u64);
                         let outcome = if r == 0 && j == 0 {
                             Ok(())
@@ -390,6 +396,7 @@ fn reject(e: Error, raw: &[u8]) -> Rejected {
 
 struct Ctx<'s> {
     name: String,
+    kind: RecordType,
     batch: usize,
     records: Vec<Log>,
     rejected: Vec<Rejected>,
@@ -403,7 +410,7 @@ impl Ctx<'_> {
     fn element(&mut self, raw: &RawValue) -> std::result::Result<(), String> {
         self.index += 1;
         let what = || format!("element {} of {}", self.index, self.name);
-        match decode_json_line(raw.get(), what) {
+        match decode_json_as(raw.get().as_bytes(), self.kind, what) {
             Ok(log) => {
                 self.records.push(log);
                 self.stats.records += 1;
@@ -484,6 +491,7 @@ impl<'de> Visitor<'de> for DocSeed<'_, '_> {
 pub fn read_document<R: BufRead>(
     reader: R,
     name: &str,
+    kind: RecordType,
     format: Format,
     batch: usize,
     sink: &mut dyn FnMut(Vec<Log>, Vec<Rejected>) -> Result<()>,
@@ -495,6 +503,7 @@ pub fn read_document<R: BufRead>(
     };
     let ctx = RefCell::new(Ctx {
         name: name.to_string(),
+        kind,
         batch,
         records: Vec::with_capacity(batch),
         rejected: Vec::new(),
@@ -550,11 +559,17 @@ mod tests {
     fn collect(input: &str) -> (Result<ReadStats>, Vec<Log>, Vec<Rejected>) {
         let mut logs = Vec::new();
         let mut bad = Vec::new();
-        let r = read_input(input.as_bytes(), "in.json", 2, &mut |l, b| {
-            logs.extend(l);
-            bad.extend(b);
-            Ok(())
-        });
+        let r = read_input(
+            input.as_bytes(),
+            "in.json",
+            RecordType::Log,
+            2,
+            &mut |l, b| {
+                logs.extend(l);
+                bad.extend(b);
+                Ok(())
+            },
+        );
         (r, logs, bad)
     }
 
@@ -644,6 +659,7 @@ mod tests {
         let stats = read_input_parallel(
             input.as_bytes(),
             "in.jsonl",
+            RecordType::Log,
             64,
             3,
             &|l: Vec<LogRef<'_>>, b: Vec<Rejected>, turn: &Turn<'_>| {
@@ -682,6 +698,7 @@ mod tests {
         let err = read_input_parallel(
             input.as_bytes(),
             "in.jsonl",
+            RecordType::Log,
             10,
             2,
             &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
@@ -701,6 +718,7 @@ mod tests {
         let err = read_input_parallel(
             input.as_bytes(),
             "in.jsonl",
+            RecordType::Log,
             10,
             2,
             &|_: Vec<LogRef<'_>>, _, _: &Turn<'_>| -> Result<()> {
@@ -713,6 +731,7 @@ mod tests {
         let err = read_input_parallel(
             input.as_bytes(),
             "in.jsonl",
+            RecordType::Log,
             10,
             2,
             &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| -> Result<()> {
@@ -754,7 +773,7 @@ mod tests {
         input.extend_from_slice(b"{\"message\":\"\xff\"}\n");
         let mut n = 0;
         let mut bad = Vec::new();
-        read_json_lines(&input[..], "x", 10, &mut |l, b| {
+        read_json_lines(&input[..], "x", RecordType::Log, 10, &mut |l, b| {
             n += l.len();
             bad.extend(b);
             Ok(())

@@ -17,6 +17,7 @@ pub mod buffer;
 pub mod clock;
 pub mod config;
 pub mod convert;
+pub mod dynamic;
 pub mod error;
 pub mod fluent;
 pub mod input;

@@ -27,7 +27,7 @@ use crate::buffer::DlqEntry;
 use crate::error::Error;
 use crate::input::{Format, Rejected, decode_json_lines, detect, read_input};
 use crate::receiver::Receiver;
-use crate::record::decode_json_ref;
+use crate::record::decode_json_as;
 
 /// Seconds a client is asked to wait after a `503`.
 pub const RETRY_AFTER_SECONDS: u64 = 1;
@@ -112,7 +112,8 @@ async fn on_blocking_thread(
 
 /// Decodes one record (its text borrowed from the body) and pushes it.
 fn ingest_one(receiver: &Receiver, body: &[u8]) -> Response {
-    let log = match decode_json_ref(body, || "the request body".to_string()) {
+    let kind = receiver.config().record_type;
+    let log = match decode_json_as(body, kind, || "the request body".to_string()) {
         Ok(log) => log,
         Err(e) => return error_response(&e),
     };
@@ -145,14 +146,15 @@ fn ingest_batch(receiver: &Receiver, body: &[u8]) -> Response {
         Ok(format) => format,
         Err(e) => return error_response(&e),
     };
+    let kind = receiver.config().record_type;
     let (pushed, rejected) = if format == Format::JsonLines {
-        let (logs, rejected) = decode_json_lines(rest, 1, "request");
+        let (logs, rejected) = decode_json_lines(rest, 1, "request", kind);
         let dlq = dlq_entries(receiver, &rejected);
         (receiver.push_refs(logs, dlq), rejected)
     } else {
         let mut logs = Vec::new();
         let mut rejected: Vec<Rejected> = Vec::new();
-        let read = read_input(body, "request", 4096, &mut |l, r| {
+        let read = read_input(body, "request", kind, 4096, &mut |l, r| {
             logs.extend(l);
             rejected.extend(r);
             Ok(())

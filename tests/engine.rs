@@ -444,7 +444,7 @@ fn borrowed_pushes_write_exactly_what_owned_pushes_write() {
         rows_by_partition(&dir.path().join("out"))
     };
     let owned = written(&|r, data| {
-        let (logs, bad) = decode_json_lines(data, 1, "t");
+        let (logs, bad) = decode_json_lines(data, 1, "t", data2parquet::config::RecordType::Log);
         assert!(bad.is_empty());
         let logs = logs
             .into_iter()
@@ -453,11 +453,11 @@ fn borrowed_pushes_write_exactly_what_owned_pushes_write() {
         r.push(logs, Vec::new()).expect("push");
     });
     let direct = written(&|r, data| {
-        let (logs, _) = decode_json_lines(data, 1, "t");
+        let (logs, _) = decode_json_lines(data, 1, "t", data2parquet::config::RecordType::Log);
         r.push_refs(logs, Vec::new()).expect("push_refs");
     });
     let in_two_halves = written(&|r, data| {
-        let (mut logs, _) = decode_json_lines(data, 1, "t");
+        let (mut logs, _) = decode_json_lines(data, 1, "t", data2parquet::config::RecordType::Log);
         let prepared = r.prepare_borrowed(&mut logs, Vec::new()).expect("prepare");
         assert!(matches!(
             prepared,

@@ -767,3 +767,68 @@ fn hot_reload_overlapping_instances() {
         sorted(n3.into_iter().chain(n4).collect())
     );
 }
+
+#[test]
+fn dynamic_records_with_inferred_and_schema_columns() {
+    let h = host();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let schema = tmp.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["message"],
+            "properties": {"message": {"type": "string"}, "level": {"type": "string"}}}"#,
+    )
+    .expect("write schema");
+    let schema = schema.to_str().expect("utf8 path");
+    let inferred = h
+        .init(&tmp.path().join("inferred"), &[("RecordType", "dynamic")])
+        .expect("init inferred");
+    let fixed = h
+        .init(
+            &tmp.path().join("fixed"),
+            &[("RecordType", "Dynamic"), ("JsonSchemaPath", schema)],
+        )
+        .expect("init fixed");
+    let (c, names) = chunk("dyn", 120, 0);
+    assert_eq!(h.flush(&inferred, &c, "app.d"), FLB_OK);
+    assert_eq!(h.flush(&fixed, &c, "app.d"), FLB_OK);
+    let dir_inferred = h.exit(inferred);
+    let dir_fixed = h.exit(fixed);
+    assert_eq!(messages_in(&dir_inferred), sorted(names.clone()));
+    assert_eq!(messages_in(&dir_fixed), sorted(names));
+
+    // Inferred: the records' own fields, no Fluent Bit arguments, the usual partitions.
+    let files = common::parquet_files(&dir_inferred);
+    assert!(
+        files
+            .iter()
+            .all(|f| f.to_string_lossy().contains("capability=cap/"))
+    );
+    let (rows, py_schema) = common::rows_with_pyarrow(&files);
+    assert!(!py_schema.contains("args"), "{py_schema}");
+    assert_eq!(rows[0]["business_service"], "svc");
+    assert_eq!(rows[0]["level"], "info");
+    // Schema: its columns, the other fields kept in extra_fields.
+    let (rows, py_schema) = common::rows_with_pyarrow(&common::parquet_files(&dir_fixed));
+    assert!(
+        py_schema.contains("message: string not null"),
+        "{py_schema}"
+    );
+    assert_eq!(rows[0]["extra_fields"]["business_domain"], "dom");
+
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, r#"{"properties": {"a": {"oneOf": []}}}"#).expect("write");
+    let bad = bad.to_str().expect("utf8 path");
+    let rc = h
+        .init(
+            tmp.path(),
+            &[("RecordType", "dynamic"), ("JsonSchemaPath", bad)],
+        )
+        .map(|_| ())
+        .expect_err("a schema it cannot use");
+    assert_eq!(rc, 0);
+    assert!(
+        logged(&["JsonSchemaPath", "oneOf"]),
+        "no log line for the bad schema"
+    );
+}

@@ -492,7 +492,12 @@ fn borrowed_pushes_store_what_owned_pushes_store() {
             })
             .collect()
     };
-    let (logs, _) = decode_json_lines(text.as_bytes(), 1, "t");
+    let (logs, _) = decode_json_lines(
+        text.as_bytes(),
+        1,
+        "t",
+        data2parquet::config::RecordType::Log,
+    );
     r.push(
         logs.into_iter().map(|l| l.into_owned()).collect(),
         Vec::new(),
@@ -500,10 +505,20 @@ fn borrowed_pushes_store_what_owned_pushes_store() {
     .expect("owned push");
     let owned = take_all();
     assert_eq!(owned.iter().map(|(_, r)| r.len()).sum::<usize>(), 400);
-    let (logs, _) = decode_json_lines(text.as_bytes(), 1, "t");
+    let (logs, _) = decode_json_lines(
+        text.as_bytes(),
+        1,
+        "t",
+        data2parquet::config::RecordType::Log,
+    );
     r.push_refs(logs, Vec::new()).expect("push_refs");
     assert_eq!(take_all(), owned);
-    let (mut logs, _) = decode_json_lines(text.as_bytes(), 1, "t");
+    let (mut logs, _) = decode_json_lines(
+        text.as_bytes(),
+        1,
+        "t",
+        data2parquet::config::RecordType::Log,
+    );
     let prepared = r.prepare_borrowed(&mut logs, Vec::new()).expect("prepare");
     match &prepared {
         PreparedRefs::Batch(batch) => assert!(batch.encoded.is_some(), "encoded when prepared"),

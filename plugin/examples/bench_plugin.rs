@@ -145,10 +145,14 @@ fn main() {
     let d0 = proc_cpu_seconds();
     let mut decoded = 0usize;
     for c in &chunks {
-        decoded += data2parquet::fluent::decode_chunk(c, "bench.app")
-            .expect("decodes")
-            .records
-            .len();
+        decoded += data2parquet::fluent::decode_chunk(
+            c,
+            "bench.app",
+            data2parquet::config::RecordType::Log,
+        )
+        .expect("decodes")
+        .records
+        .len();
     }
     let decode_cpu = proc_cpu_seconds() - d0;
     assert_eq!(decoded as u64, records);

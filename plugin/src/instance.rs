@@ -226,7 +226,7 @@ fn decode_loop(rx: &Mutex<mpsc::Receiver<Job>>, receiver: &Receiver, log: &Logge
 
 /// Decodes a chunk and pushes it; the return code tells Fluent Bit the truth.
 fn handle(data: &[u8], tag: &str, receiver: &Receiver, log: &Logger) -> c_int {
-    let decoded = match fluent::decode_chunk(data, tag) {
+    let decoded = match fluent::decode_chunk(data, tag, receiver.config().record_type) {
         Ok(d) => d,
         Err(e) => {
             log.error(&format!(

@@ -111,7 +111,8 @@ fn convert_input(
                 .push_borrowed(&prepared, Some(PUSH_TIMEOUT))
                 .map(|_| ())
         };
-    let stats = read_input_parallel(reader, &name, PUSH_BATCH, decode_threads(), &process)?;
+    let kind = receiver.config().record_type;
+    let stats = read_input_parallel(reader, &name, kind, PUSH_BATCH, decode_threads(), &process)?;
     totals.read += stats.records;
     totals.rejected += stats.rejected;
     totals.input_bytes += stats.bytes;

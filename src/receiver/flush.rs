@@ -233,6 +233,14 @@ impl Inner {
         }
         for (hour, batches) in by_hour {
             let name = object_name(ObjectKind::Parquet, key, hour, id);
+            if let Some(columns) = &self.dynamic {
+                let mut rows: Vec<Vec<(&str, &str)>> = Vec::new();
+                for b in &batches {
+                    rows.extend(convert::extra_fields_rows(b)?);
+                }
+                self.write_dynamic(key, &name, columns, &rows, report)?;
+                continue;
+            }
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
             match convert::encode_batches(&batches, &self.encode) {
                 Ok(data) => self.store(key, &name, data, rows as u64, report)?,
@@ -260,6 +268,19 @@ impl Inner {
         group: Vec<Record>,
         report: &mut FlushReport,
     ) -> Result<()> {
+        if let Some(columns) = &self.dynamic {
+            let rows: Vec<Vec<(&str, &str)>> = group
+                .iter()
+                .map(|r| {
+                    r.extra_fields
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect()
+                })
+                .collect();
+            return self.write_dynamic(key, name, columns, &rows, report);
+        }
         let now = self.clock.now();
         let (data, good) = match convert::encode(&group, &self.encode) {
             Ok(data) => (data, group.len()),
@@ -295,6 +316,56 @@ impl Inner {
             }
         };
         self.store(key, name, data, good as u64, report)
+    }
+
+    /// Converts and writes dynamic records (their fields as `(key, JSON)` entries) as the
+    /// file `name`; records that do not fit the schema go to the DLQ with the reason.
+    fn write_dynamic(
+        &self,
+        key: &str,
+        name: &str,
+        columns: &crate::dynamic::Columns,
+        rows: &[Vec<(&str, &str)>],
+        report: &mut FlushReport,
+    ) -> Result<()> {
+        let encoded = crate::dynamic::encode(rows, columns, &self.encode).map_err(|e| match e {
+            Error::Encode { reason, .. } => Error::Encode {
+                key: key.to_string(),
+                reason,
+            },
+            other => other,
+        })?;
+        if !encoded.rejected.is_empty() {
+            let now = format_time(self.clock.now());
+            let entries: Vec<DlqEntry> = encoded
+                .rejected
+                .iter()
+                .map(|(i, reason)| DlqEntry {
+                    key: key.to_string(),
+                    reason: format!("record {} of a dynamic batch: {reason}", i + 1),
+                    raw: crate::dynamic::object_text(&rows[*i]),
+                    time: now.clone(),
+                })
+                .collect();
+            log::warn!(
+                "{} records of `{key}` do not fit the dynamic schema; they go to the DLQ \
+                 (first: {})",
+                entries.len(),
+                entries[0].reason
+            );
+            self.counters
+                .records_dlq
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            self.buffer.push(PushBatch {
+                groups: Vec::new(),
+                dlq: entries,
+                encoded: None,
+            })?;
+        }
+        match encoded.data {
+            Some(data) => self.store(key, name, data, encoded.rows as u64, report),
+            None => Ok(()),
+        }
     }
 
     /// Writes one file, or keeps it in the recovery bucket when the write fails.

@@ -52,6 +52,8 @@ struct Inner {
     writer: Arc<dyn Writer>,
     clock: Arc<dyn Clock>,
     encode: EncodeOptions,
+    /// The columns of dynamic records; `None` for `RecordType log`.
+    dynamic: Option<crate::dynamic::Columns>,
     counters: Counters,
     first_seen: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Keys waiting for a flush worker, with how much to flush.
@@ -107,9 +109,11 @@ impl Receiver {
         clock: Arc<dyn Clock>,
         background: Background,
     ) -> Result<Receiver> {
+        let dynamic = crate::dynamic::Columns::from_config(&config)?;
         writer.init()?;
         let inner = Arc::new(Inner {
             encode: EncodeOptions::from_config(&config),
+            dynamic,
             config,
             buffer,
             writer,

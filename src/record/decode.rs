@@ -21,6 +21,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{Log, LogOf, LogRef};
+use crate::config::RecordType;
 use crate::error::{Error, Result};
 
 /// A decoded value of any shape, borrowing strings from the input where it can.
@@ -678,23 +679,60 @@ pub(crate) fn insert_unique<'a, S: Text<'a>>(
 struct Builder<S: Ord> {
     log: LogOf<S>,
     filled: u64,
+    kind: RecordType,
 }
 
 impl<'a, S: Text<'a>> Builder<S> {
-    fn new() -> Self {
+    fn new(kind: RecordType) -> Self {
         Builder {
             log: LogOf::default(),
             filled: 0,
+            kind,
         }
     }
 
     /// One key/value of the input: into its column, or kept as an extra field.
     fn entry(&mut self, key: Cow<'a, str>, value: Loose<'a>) {
+        if self.kind == RecordType::Dynamic {
+            return self.dynamic_entry(key, value);
+        }
         match lookup(&key) {
             Some(field) => self.set(field, key, value),
             None if matches!(value, Loose::Null) => {}
             None => self.extra(key, value),
         }
+    }
+
+    /// A dynamic record ([`RecordType::Dynamic`]) travels as a Log whose `extra_fields`
+    /// hold every field under its own key with its value as compact JSON (strings quoted,
+    /// so types survive the buffers). The partition-key fields and `time` are also copied
+    /// into their Log columns, for the key and the hour, and are not written from there.
+    fn dynamic_entry(&mut self, key: Cow<'a, str>, value: Loose<'a>) {
+        if matches!(value, Loose::Null) {
+            return;
+        }
+        if let Some(
+            field @ (Field::Time
+            | Field::BusinessCapability
+            | Field::BusinessDomain
+            | Field::BusinessService
+            | Field::ApplicationService),
+        ) = lookup(&key)
+        {
+            let bit = 1u64 << (field as u32);
+            if self.filled & bit == 0
+                && let Some(text) = value.scalar_text()
+                && self.apply(field, Loose::Str(Cow::Owned(text))).is_ok()
+            {
+                self.filled |= bit;
+            }
+        }
+        let json = S::from(Cow::Owned(compact_json(&value)));
+        insert_unique(
+            self.log.extra_fields.get_or_insert_with(BTreeMap::new),
+            key,
+            json,
+        );
     }
 
     fn extra(&mut self, key: Cow<'a, str>, value: Loose<'a>) {
@@ -815,7 +853,7 @@ impl<'a, S: Text<'a>> Builder<S> {
     }
 }
 
-struct LogVisitor<S>(PhantomData<S>);
+struct LogVisitor<S>(RecordType, PhantomData<S>);
 
 impl<'de, S: Text<'de>> Visitor<'de> for LogVisitor<S> {
     type Value = LogOf<S>;
@@ -825,7 +863,7 @@ impl<'de, S: Text<'de>> Visitor<'de> for LogVisitor<S> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<LogOf<S>, A::Error> {
-        let mut b = Builder::new();
+        let mut b = Builder::new(self.0);
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let value = map.next_value_seed(LooseSeed(1))?;
             b.entry(key, value);
@@ -836,17 +874,25 @@ impl<'de, S: Text<'de>> Visitor<'de> for LogVisitor<S> {
 
 impl<'de, S: Text<'de>> Deserialize<'de> for LogOf<S> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_map(LogVisitor(PhantomData))
+        d.deserialize_map(LogVisitor(RecordType::Log, PhantomData))
     }
 }
 
-/// A seed usable with any serde deserializer (for streaming arrays element by element).
-pub struct LogSeed;
+/// Decodes one record as `RecordType` says, with any serde deserializer: the Log rules,
+/// or a dynamic record carried in a Log (see `Builder::dynamic_entry`).
+pub struct RecordSeed<S>(pub RecordType, pub PhantomData<S>);
 
-impl<'de> DeserializeSeed<'de> for LogSeed {
-    type Value = Log;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Log, D::Error> {
-        d.deserialize_map(LogVisitor(PhantomData))
+impl<S> RecordSeed<S> {
+    /// The seed for records of `kind`.
+    pub fn new(kind: RecordType) -> Self {
+        RecordSeed(kind, PhantomData)
+    }
+}
+
+impl<'de, S: Text<'de>> DeserializeSeed<'de> for RecordSeed<S> {
+    type Value = LogOf<S>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<LogOf<S>, D::Error> {
+        d.deserialize_map(LogVisitor(self.0, PhantomData))
     }
 }
 
@@ -854,6 +900,35 @@ impl<'de> DeserializeSeed<'de> for LogSeed {
 /// `what` names the input in the error (`line 12 of logs.jsonl`).
 pub fn decode_json_line(text: &str, what: impl FnOnce() -> String) -> Result<Log> {
     decode_json_bytes(text.as_bytes(), what)
+}
+
+/// Like [`decode_json_ref`] for records of `kind` (the Log rules, or a dynamic record).
+pub fn decode_json_as<'a, S: Text<'a>>(
+    bytes: &'a [u8],
+    kind: RecordType,
+    what: impl FnOnce() -> String,
+) -> Result<LogOf<S>> {
+    let parsed = match kind {
+        RecordType::Log => sonic_rs::from_slice::<LogOf<S>>(bytes),
+        RecordType::Dynamic => {
+            // `from_slice` takes no seed, and a seeded Deserializer checks UTF-8 only
+            // inside strings: check the whole text first.
+            if let Err(e) = simdutf8::compat::from_utf8(bytes) {
+                return Err(Error::Decode {
+                    what: what(),
+                    reason: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                });
+            }
+            let mut de = sonic_rs::Deserializer::from_slice(bytes);
+            RecordSeed::new(kind)
+                .deserialize(&mut de)
+                .and_then(|log| de.end().map(|()| log))
+        }
+    };
+    parsed.map_err(|e| Error::Decode {
+        what: what(),
+        reason: describe_json_error(&e),
+    })
 }
 
 /// Like [`decode_json_line`] for raw bytes: UTF-8 is validated while parsing (no separate
@@ -892,6 +967,15 @@ pub fn from_loose<'a, S: Text<'a>>(
     value: Loose<'a>,
     what: impl FnOnce() -> String,
 ) -> Result<LogOf<S>> {
+    from_loose_as(value, RecordType::Log, what)
+}
+
+/// Like [`from_loose`] for records of `kind`.
+pub fn from_loose_as<'a, S: Text<'a>>(
+    value: Loose<'a>,
+    kind: RecordType,
+    what: impl FnOnce() -> String,
+) -> Result<LogOf<S>> {
     let Loose::Map(entries) = value else {
         return Err(Error::Decode {
             what: what(),
@@ -901,7 +985,7 @@ pub fn from_loose<'a, S: Text<'a>>(
             ),
         });
     };
-    let mut b = Builder::new();
+    let mut b = Builder::new(kind);
     for (key, value) in entries {
         b.entry(key, value);
     }
@@ -1151,5 +1235,44 @@ mod tests {
         let extra = owned.extra_fields.as_ref().expect("extra");
         assert_eq!(extra["extra"], r#"{"n":1}"#);
         assert_eq!(extra["n"], "5");
+    }
+
+    #[test]
+    fn dynamic_records_keep_every_field_as_json_under_its_own_key() {
+        let line = br#"{"Business-Capability":"pay","msg":"x","n":1,"f":"1","o":{"a":[1,null]},"z":null,"when":"2026-12-01T10:00:00Z"}"#;
+        let log: Log =
+            decode_json_as(line, RecordType::Dynamic, || "line 1".into()).expect("decodes");
+        let extra = log.extra_fields.as_ref().expect("fields");
+        let got: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("Business-Capability", r#""pay""#),
+                ("f", r#""1""#),
+                ("msg", r#""x""#),
+                ("n", "1"),
+                ("o", r#"{"a":[1,null]}"#),
+                ("when", r#""2026-12-01T10:00:00Z""#),
+            ]
+        );
+        // The key and the hour come from the record; nothing else is interpreted.
+        assert_eq!(log.partition_key("unknown"), "pay:unknown:unknown:unknown");
+        assert_eq!(log.time, "2026-12-01T10:00:00Z");
+        assert_eq!(log.message, "");
+        // The same rules from a msgpack-like map.
+        let loose = Loose::Map(vec![
+            (Cow::Borrowed("n"), Loose::I64(1)),
+            (Cow::Borrowed("n"), Loose::Str(Cow::Borrowed("dup"))),
+        ]);
+        let log: Log = from_loose_as(loose, RecordType::Dynamic, || "event".into()).expect("map");
+        let extra = log.extra_fields.expect("fields");
+        assert_eq!(extra["n"], "1");
+        assert_eq!(extra["n#2"], r#""dup""#);
+        for bad in [&b"[1]"[..], b"{\"a\":1", b"{\"a\":\"\xff\"}", b"{} x"] {
+            assert!(decode_json_as::<String>(bad, RecordType::Dynamic, || "x".into()).is_err());
+        }
     }
 }

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use serde::Serialize;
 
-pub use decode::{Loose, decode_json_bytes, decode_json_line, decode_json_ref, from_loose};
+pub use decode::{
+    Loose, decode_json_as, decode_json_bytes, decode_json_line, decode_json_ref, from_loose,
+};
 
 /// Key/value map columns (`args`, `extra_fields`). Sorted, so files are deterministic.
 pub type StringMap = BTreeMap<String, String>;
