@@ -45,19 +45,6 @@ fn json2parquet(dir: &Path, sets: &[String], input: &Path) -> serde_json::Value 
         .unwrap_or_else(|| panic!("no JSON summary; stderr: {stderr}"))
 }
 
-fn dlq_entries(out: &Path) -> Vec<serde_json::Value> {
-    common::files_with_ext(&out.join("dlq"), "ndjson")
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .expect("read dlq")
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("ndjson"))
-                .collect::<Vec<serde_json::Value>>()
-        })
-        .collect()
-}
-
 /// The input: 300 fitting orders over three capabilities and two hours, one with a field
 /// the schema does not name, one with text for a number, one without a required field,
 /// and one broken line.
@@ -121,7 +108,7 @@ fn check_orders(dir: &Path, summary: &serde_json::Value, good: usize) {
         "customer: string",
         "paid: bool",
         "time: timestamp[us, tz=+00:00]",
-        "items: list<element: int64>",
+        "items: list<element: int64 not null>",
         "address: struct<city: string>",
         "extra_fields: map<string, string",
     ] {
@@ -157,7 +144,7 @@ fn check_orders(dir: &Path, summary: &serde_json::Value, good: usize) {
     assert_eq!(ids.len(), good);
     assert!(rows.iter().any(|r| r["customer"] == "cliente-299-ação"));
 
-    let dlq = dlq_entries(&out);
+    let dlq = common::dlq_entries(&out);
     let mut reasons: Vec<&str> = dlq
         .iter()
         .map(|e| e["reason"].as_str().expect("reason"))
@@ -194,43 +181,34 @@ fn check_orders(dir: &Path, summary: &serde_json::Value, good: usize) {
     assert_eq!(misfit["key"], "pay:unknown:unknown:unknown");
 }
 
-#[test]
-fn schema_columns_through_the_memory_buffer() {
+/// Converts the orders with the schema, plus `sets`, and checks everything.
+fn orders_with_schema(sets: &[String]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let schema = dir.path().join("orders.schema.json");
     std::fs::write(&schema, SCHEMA).expect("write schema");
     let (input, good) = orders(dir.path());
-    let summary = json2parquet(
-        dir.path(),
-        &[
-            "RecordType=dynamic".into(),
-            format!("JsonSchemaPath={}", schema.display()),
-            "BufferSize=40".into(),
-        ],
-        &input,
-    );
+    let mut all = vec![
+        "RecordType=dynamic".to_string(),
+        format!("JsonSchemaPath={}", schema.display()),
+    ];
+    all.extend_from_slice(sets);
+    let summary = json2parquet(dir.path(), &all, &input);
     check_orders(dir.path(), &summary, good);
+}
+
+#[test]
+fn schema_columns_through_the_memory_buffer() {
+    orders_with_schema(&["BufferSize=40".into()]);
 }
 
 #[test]
 fn schema_columns_through_the_redis_buffer() {
     let redis = common::start_redis(&common::RedisOptions::default());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let schema = dir.path().join("orders.schema.json");
-    std::fs::write(&schema, SCHEMA).expect("write schema");
-    let (input, good) = orders(dir.path());
-    let summary = json2parquet(
-        dir.path(),
-        &[
-            "RecordType=dynamic".into(),
-            format!("JsonSchemaPath={}", schema.display()),
-            "BufferType=redis".into(),
-            format!("RedisHost={}", redis.addr()),
-            "BufferSize=1000".into(),
-        ],
-        &input,
-    );
-    check_orders(dir.path(), &summary, good);
+    orders_with_schema(&[
+        "BufferType=redis".into(),
+        format!("RedisHost={}", redis.addr()),
+        "BufferSize=1000".into(),
+    ]);
 }
 
 #[test]

@@ -376,3 +376,33 @@ fn redis_buffer_takes_single_and_batch_posts() {
     assert!(seen.values().all(|n| *n == 1));
     assert_eq!(s.terminate(), Some(0));
 }
+
+#[test]
+fn dynamic_records_over_http() {
+    let mut s = ServerProc::start(&[("RecordType", "dynamic"), ("FlushInterval", "0")]);
+    let (code, body, _) = post(
+        &s.base,
+        "/record/",
+        r#"{"sku": "A-1", "qty": 2, "dims": {"w": 1.5}}"#,
+    );
+    assert_eq!(code, 201, "{body}");
+    let batch = "{\"sku\": \"B-2\", \"qty\": 5}\n[1, 2]\n{\"sku\": \"C-3\", \"tags\": [\"x\"]}\n";
+    let (code, body, _) = post(&s.base, "/records/", batch);
+    assert!(code < 300, "{code} {body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("JSON report");
+    assert_eq!(report["accepted"], 2, "{body}");
+    let (code, body, _) = post(&s.base, "/flush/", "");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(s.terminate(), Some(0));
+    let files = common::parquet_files(&s.out);
+    let (rows, schema) = common::rows_with_pyarrow(&files);
+    let mut skus: Vec<&str> = rows
+        .iter()
+        .map(|r| r["sku"].as_str().expect("sku"))
+        .collect();
+    skus.sort();
+    assert_eq!(skus, ["A-1", "B-2", "C-3"]);
+    assert!(schema.contains("qty: int64"), "{schema}");
+    assert!(rows.iter().any(|r| r["dims"]["w"] == 1.5), "{rows:?}");
+    assert_eq!(common::rows_with_parquet_crate(&files).len(), 3);
+}

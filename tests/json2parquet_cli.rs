@@ -192,17 +192,7 @@ fn hostile_input_is_dead_lettered_with_line_numbers() {
     let (py_rows, _) = common::rows_with_pyarrow(&files);
     assert_eq!(py_rows.len(), 4);
     // The DLQ holds the five rejected lines with their line numbers and reasons.
-    let dlq = common::files_with_ext(&out.join("dlq"), "ndjson");
-    let entries: Vec<serde_json::Value> = dlq
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .expect("read")
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("ndjson"))
-                .collect::<Vec<serde_json::Value>>()
-        })
-        .collect();
+    let entries = common::dlq_entries(&out);
     let mut reasons: Vec<String> = entries
         .iter()
         .map(|e| e["reason"].as_str().expect("reason").to_string())

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use data2parquet::buffer::{Buffer, DLQ_LOCK, DlqEntry};
-use data2parquet::record::decode_json_line;
+use data2parquet::record::{decode_json_as, decode_json_line};
 use data2parquet::{Config, Error, Receiver};
 
 /// Inspect and replay the DLQ and the recovery bucket.
@@ -114,7 +114,12 @@ fn redecode(
     let mut records = Vec::new();
     let mut failing = Vec::new();
     for e in entries {
-        match decode_json_line(&e.raw, || format!("DLQ entry ({})", e.reason)) {
+        // A DLQ entry holds the input as it came: decode it as this configuration's
+        // record type (a dynamic record's entry is the record itself).
+        let kind = receiver.config().record_type;
+        match decode_json_as(e.raw.as_bytes(), kind, || {
+            format!("DLQ entry ({})", e.reason)
+        }) {
             Ok(log) => records.push(log),
             Err(err) => failing.push(receiver.dlq_entry(
                 Some(e.key.clone()),

@@ -301,14 +301,7 @@ impl Inner {
                         time: format_time(now),
                     })
                     .collect();
-                self.counters
-                    .records_dlq
-                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                self.buffer.push(PushBatch {
-                    groups: Vec::new(),
-                    dlq: entries,
-                    encoded: None,
-                })?;
+                self.dead_letter(entries)?;
                 if good.is_empty() {
                     return Ok(());
                 }
@@ -353,19 +346,26 @@ impl Inner {
                 entries.len(),
                 entries[0].reason
             );
-            self.counters
-                .records_dlq
-                .fetch_add(entries.len() as u64, Ordering::Relaxed);
-            self.buffer.push(PushBatch {
-                groups: Vec::new(),
-                dlq: entries,
-                encoded: None,
-            })?;
+            self.dead_letter(entries)?;
         }
         match encoded.data {
             Some(data) => self.store(key, name, data, encoded.rows as u64, report),
             None => Ok(()),
         }
+    }
+
+    /// Puts records that could not be converted in the DLQ (counted as dead-lettered).
+    fn dead_letter(&self, entries: Vec<DlqEntry>) -> Result<()> {
+        self.counters
+            .records_dlq
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        self.buffer
+            .push(PushBatch {
+                groups: Vec::new(),
+                dlq: entries,
+                encoded: None,
+            })
+            .map(|_| ())
     }
 
     /// Writes one file, or keeps it in the recovery bucket when the write fails.

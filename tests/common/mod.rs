@@ -287,6 +287,20 @@ pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Every entry of the NDJSON DLQ files under `out/dlq`.
+pub fn dlq_entries(out: &Path) -> Vec<serde_json::Value> {
+    files_with_ext(&out.join("dlq"), "ndjson")
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .expect("read dlq")
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("ndjson"))
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect()
+}
+
 /// Reads a Parquet file with the `parquet` crate.
 pub fn read_parquet(bytes: Vec<u8>) -> Vec<RecordBatch> {
     ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
