@@ -707,23 +707,28 @@ impl<'a, S: Text<'a>> Builder<S> {
     /// hold every field under its own key with its value as compact JSON (strings quoted,
     /// so types survive the buffers). The partition-key fields and `time` are also copied
     /// into their Log columns, for the key and the hour, and are not written from there.
+    // Kept out of line: the Log path's `entry` (and `apply`, inlined there) stay as small.
+    #[inline(never)]
     fn dynamic_entry(&mut self, key: Cow<'a, str>, value: Loose<'a>) {
         if matches!(value, Loose::Null) {
             return;
         }
-        if let Some(
-            field @ (Field::Time
-            | Field::BusinessCapability
-            | Field::BusinessDomain
-            | Field::BusinessService
-            | Field::ApplicationService),
-        ) = lookup(&key)
-        {
+        if let Some(field) = lookup(&key) {
+            let l = &mut self.log;
+            let slot = match field {
+                Field::Time => Some(&mut l.time),
+                Field::BusinessCapability => Some(&mut l.business_capability),
+                Field::BusinessDomain => Some(&mut l.business_domain),
+                Field::BusinessService => Some(&mut l.business_service),
+                Field::ApplicationService => Some(&mut l.application_service),
+                _ => None,
+            };
             let bit = 1u64 << (field as u32);
-            if self.filled & bit == 0
+            if let Some(slot) = slot
+                && self.filled & bit == 0
                 && let Some(text) = value.scalar_text()
-                && self.apply(field, Loose::Str(Cow::Owned(text))).is_ok()
             {
+                *slot = S::from(Cow::Owned(text));
                 self.filled |= bit;
             }
         }
