@@ -108,7 +108,9 @@ fn list_builder(capacity: usize) -> ListBuilder<StringBuilder> {
         .with_field(list_field())
 }
 
-fn map_builder(capacity: usize) -> MapBuilder<StringBuilder, StringBuilder> {
+/// A builder of `map<string,string>` columns in the standard Parquet MAP layout (also the
+/// map columns of dynamic records).
+pub(crate) fn map_builder(capacity: usize) -> MapBuilder<StringBuilder, StringBuilder> {
     MapBuilder::with_capacity(
         Some(map_names()),
         StringBuilder::with_capacity(0, 0),

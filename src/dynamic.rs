@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, MapBuilder, RecordBatch, StringBuilder};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow_json::ReaderBuilder;
 use arrow_json::reader::infer_json_schema_from_iterator;
@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
 use crate::config::{Config, RecordType};
-use crate::convert::EncodeOptions;
+use crate::convert::{EncodeOptions, map_builder};
 use crate::error::{Error, Result};
 
 /// Column that keeps the fields a schema does not name.
@@ -162,16 +162,9 @@ fn normalise(name: &str) -> String {
         .collect()
 }
 
+/// `map<string,string>`, as the Log's `args` and `extra_fields`.
 fn map_type() -> DataType {
-    let entries = Field::new(
-        "key_value",
-        DataType::Struct(Fields::from(vec![
-            Field::new("key", DataType::Utf8, false),
-            Field::new("value", DataType::Utf8, true),
-        ])),
-        false,
-    );
-    DataType::Map(Arc::new(entries), false)
+    map_builder(0).finish().data_type().clone()
 }
 
 /// The Arrow type of the node at `at` (a JSON pointer, for errors) and whether it
@@ -516,15 +509,7 @@ fn fixed_batch(
     if !schema.keeps_others {
         return Ok((batch, rejected));
     }
-    let mut extra = MapBuilder::new(
-        Some(arrow::array::MapFieldNames {
-            entry: "key_value".into(),
-            key: "key".into(),
-            value: "value".into(),
-        }),
-        StringBuilder::new(),
-        StringBuilder::new(),
-    );
+    let mut extra = map_builder(kept.len());
     for p in &kept {
         if p.others.is_empty() {
             extra.append(false).map_err(encode_error)?;
