@@ -375,6 +375,16 @@ pub fn encode(
 ) -> Result<Encoded> {
     let (batch, rejected) = match columns {
         Columns::Fixed(schema) => fixed_batch(rows, schema)?,
+        // Parquet cannot store rows without columns: empty records alone are rejected.
+        Columns::Inferred if rows.iter().all(|r| r.is_empty()) => {
+            let reason = "the record has no fields (or only nulls): nothing to write as columns";
+            let rejected = (0..rows.len()).map(|i| (i, reason.to_string())).collect();
+            return Ok(Encoded {
+                data: None,
+                rows: 0,
+                rejected,
+            });
+        }
         Columns::Inferred => (inferred_batch(rows)?, Vec::new()),
     };
     let mut out = Encoded {
@@ -659,13 +669,14 @@ mod tests {
         Columns::Fixed(Arc::new(FixedSchema::from_json(text).expect("schema")))
     }
 
-    /// Carrier entries of a JSON object, as the decoder makes them.
+    /// Carrier entries of a JSON object, as the decoder makes them (nulls dropped).
     fn entries(json: &str) -> Vec<(String, String)> {
         let v: serde_json::Value = serde_json::from_str(json).expect("test JSON");
         let mut out: Vec<(String, String)> = v
             .as_object()
             .expect("object")
             .iter()
+            .filter(|(_, v)| !v.is_null())
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
         out.sort();
@@ -909,6 +920,17 @@ mod tests {
             note,
             &StringArray::from(vec![None, None, Some("only here")])
         );
+    }
+
+    #[test]
+    fn empty_records_are_rows_of_nulls_or_rejected_when_alone() {
+        let (batches, encoded) = encode_json(&[r#"{}"#, r#"{"a": 1}"#], &Columns::Inferred);
+        assert_eq!(encoded.rows, 2);
+        assert_eq!(batches[0].column(0).null_count(), 1);
+        let (batches, encoded) = encode_json(&[r#"{}"#, r#"{"a": null}"#], &Columns::Inferred);
+        assert!(batches.is_empty() && encoded.data.is_none());
+        assert_eq!(encoded.rejected.len(), 2);
+        assert!(encoded.rejected[0].1.contains("no fields"));
     }
 
     #[test]
