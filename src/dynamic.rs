@@ -574,20 +574,9 @@ fn inferred_batch(rows: &[Vec<(&str, &str)>]) -> Result<RecordBatch> {
 
 /// One field's values as an inferred column, or `None` when they need to be text.
 fn infer_column(name: &str, column: &[Option<&str>]) -> Option<(Arc<Field>, ArrayRef)> {
-    let parsed: Vec<serde_json::Value> = column
-        .iter()
-        .flatten()
-        .map(|v| {
-            serde_json::from_str::<serde_json::Value>(v).map(|v| serde_json::json!({ name: v }))
-        })
-        .collect::<std::result::Result<_, _>>()
-        .ok()?;
-    let schema = infer_json_schema_from_iterator(parsed.iter().map(Ok)).ok()?;
-    let field = schema.fields().first()?.clone();
-    let field = match field.data_type() {
-        DataType::Null => Arc::new(Field::new(name, DataType::Utf8, true)),
-        ty if has_empty_struct(ty) => return None,
-        _ => field,
+    let field = match scalar_type(column) {
+        Some(ty) => Arc::new(Field::new(name, ty, true)),
+        None => nested_field(name, column)?,
     };
     let schema = Arc::new(Schema::new(vec![field.clone()]));
     let mut text = String::new();
@@ -606,6 +595,50 @@ fn infer_column(name: &str, column: &[Option<&str>]) -> Option<(Arc<Field>, Arra
     }
     let batch = decode(&schema, &text, column.len()).ok()?;
     Some((field, batch.column(0).clone()))
+}
+
+/// The type of a column of scalars, read off the first byte of each value's JSON with
+/// arrow-json's inference rules (integers with floats are floats; any other mix is
+/// text), without parsing the values. `None` when a value is an array or an object.
+fn scalar_type(column: &[Option<&str>]) -> Option<DataType> {
+    let (mut int, mut float, mut boolean, mut string) = (false, false, false, false);
+    for v in column.iter().flatten() {
+        match v.as_bytes().first() {
+            Some(b'"') => string = true,
+            Some(b't' | b'f') => boolean = true,
+            Some(b'-' | b'0'..=b'9') if v.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) => {
+                float = true
+            }
+            Some(b'-' | b'0'..=b'9') => int = true,
+            _ => return None,
+        }
+    }
+    Some(match (int, float, boolean, string) {
+        (_, true, false, false) => DataType::Float64,
+        (true, false, false, false) => DataType::Int64,
+        (false, false, true, false) => DataType::Boolean,
+        _ => DataType::Utf8,
+    })
+}
+
+/// The field of a column holding arrays or objects, inferred by arrow-json; `None` when
+/// its values cannot share a type or it has no Parquet form (an always-empty object).
+fn nested_field(name: &str, column: &[Option<&str>]) -> Option<Arc<Field>> {
+    let parsed: Vec<serde_json::Value> = column
+        .iter()
+        .flatten()
+        .map(|v| {
+            serde_json::from_str::<serde_json::Value>(v).map(|v| serde_json::json!({ name: v }))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    let schema = infer_json_schema_from_iterator(parsed.iter().map(Ok)).ok()?;
+    let field = schema.fields().first()?.clone();
+    match field.data_type() {
+        DataType::Null => Some(Arc::new(Field::new(name, DataType::Utf8, true))),
+        ty if has_empty_struct(ty) => None,
+        _ => Some(field),
+    }
 }
 
 fn has_empty_struct(ty: &DataType) -> bool {
@@ -931,6 +964,29 @@ mod tests {
         assert!(batches.is_empty() && encoded.data.is_none());
         assert_eq!(encoded.rejected.len(), 2);
         assert!(encoded.rejected[0].1.contains("no fields"));
+    }
+
+    #[test]
+    fn scalar_types_are_what_arrow_json_infers() {
+        let columns: [&[&str]; 9] = [
+            &["1", "-2"],
+            &["1", "2.5"],
+            &["1e3", "4"],
+            &["true", "false"],
+            &["true", "1"],
+            &["\"a\"", "1"],
+            &["\"a\""],
+            &["[1]", "2"],
+            &["{\"k\":1}"],
+        ];
+        for column in columns {
+            let values: Vec<Option<&str>> = column.iter().map(|v| Some(*v)).collect();
+            let arrow = nested_field("c", &values).map(|f| f.data_type().clone());
+            match scalar_type(&values) {
+                Some(ty) => assert_eq!(Some(ty), arrow, "{column:?}"),
+                None => assert!(column.iter().any(|v| v.starts_with(['[', '{']))),
+            }
+        }
     }
 
     #[test]
