@@ -271,35 +271,26 @@ fn inferred_columns_keep_every_generated_record() {
     let mut want: Vec<(String, String)> = std::fs::read_to_string(&input)
         .expect("read input")
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("generated JSON");
-            let text = |k: &str| {
-                v.get(k)
-                    .and_then(|x| x.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            (text("correlation_id"), text("message"))
-        })
+        .map(|l| id_and_message(&serde_json::from_str(l).expect("generated JSON")))
         .collect();
     want.sort();
     for rows in [
         common::rows_with_parquet_crate(&files),
         common::rows_with_pyarrow(&files).0,
     ] {
-        let mut got: Vec<(String, String)> = rows
-            .iter()
-            .map(|r| {
-                let text = |k: &str| {
-                    r.get(k)
-                        .and_then(|x| x.as_str())
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                (text("correlation_id"), text("message"))
-            })
-            .collect();
+        let mut got: Vec<(String, String)> = rows.iter().map(id_and_message).collect();
         got.sort();
         assert_eq!(got, want);
     }
+}
+
+/// A record's `correlation_id` and `message` (empty when absent or not text).
+fn id_and_message(v: &serde_json::Value) -> (String, String) {
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    (text("correlation_id"), text("message"))
 }
