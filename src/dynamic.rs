@@ -667,10 +667,8 @@ fn text_column(name: &str, column: &[Option<&str>]) -> (Arc<Field>, ArrayRef) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{
-        Array, AsArray, BooleanArray, Int64Array, MapArray, StringArray, StructArray,
-        TimestampMicrosecondArray,
-    };
+    use arrow::array::{Array, AsArray, BooleanArray, Int64Array, StringArray};
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     const SCHEMA: &str = r#"{
@@ -847,7 +845,7 @@ mod tests {
         let ids = b
             .column_by_name("order_id")
             .expect("id")
-            .as_primitive::<arrow::datatypes::Int64Type>();
+            .as_primitive::<Int64Type>();
         assert_eq!(ids, &Int64Array::from(vec![1, 2, 6]));
         let customer = b.column_by_name("customer").expect("c").as_string::<i32>();
         assert_eq!(
@@ -859,35 +857,16 @@ mod tests {
             paid,
             &BooleanArray::from(vec![Some(true), Some(true), None])
         );
-        let at = b
-            .column_by_name("at")
-            .expect("at")
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .expect("timestamp");
+        let col = |name: &str| b.column_by_name(name).expect(name);
+        let at = col("at").as_primitive::<TimestampMicrosecondType>();
         assert_eq!(at.value(0), 1_796_119_200_000_000);
-        let address = b
-            .column_by_name("address")
-            .expect("address")
-            .as_any()
-            .downcast_ref::<StructArray>()
-            .expect("struct");
+        let address = col("address").as_struct();
         assert_eq!(address.column(0).as_string::<i32>().value(0), "Porto");
-        let extra = b
-            .column_by_name(EXTRA_COLUMN)
-            .expect("extra")
-            .as_any()
-            .downcast_ref::<MapArray>()
-            .expect("map");
+        let extra = col(EXTRA_COLUMN).as_map();
         assert!(extra.is_valid(0) && extra.is_null(1) && extra.is_null(2));
         assert_eq!(extra.value(0).column(0).as_string::<i32>().value(0), "note");
         assert_eq!(extra.value(0).column(1).as_string::<i32>().value(0), "kept");
-        let labels = b
-            .column_by_name("labels")
-            .expect("labels")
-            .as_any()
-            .downcast_ref::<MapArray>()
-            .expect("map");
+        let labels = col("labels").as_map();
         let keys = labels.value(0).column(0).as_string::<i32>().clone();
         let values = labels.value(0).column(1).as_string::<i32>().clone();
         let got: Vec<(&str, &str)> = keys.iter().flatten().zip(values.iter().flatten()).collect();
