@@ -98,3 +98,60 @@ fn recovery_replay_writes_kept_files_and_reingests_unflushed_records() {
     assert!(common::files_with_ext(&rec, "parquet").is_empty());
     assert!(common::files_with_ext(&rec, "ndjson").is_empty());
 }
+
+#[test]
+fn recovery_replay_reingests_unflushed_dynamic_records_as_they_came() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let rec = dir.path().join("recovery");
+    std::fs::create_dir_all(rec.join("unflushed")).expect("mkdir");
+    // What the engine keeps at close for RecordType dynamic: the records as they came.
+    std::fs::write(
+        rec.join("unflushed/orders.ndjson"),
+        concat!(
+            r#"{"order_id":7,"note":"first","paid":true}"#,
+            "\n",
+            r#"{"order_id":8,"note":"second \"quoted\"","paid":false}"#,
+            "\n"
+        ),
+    )
+    .expect("unflushed");
+    let o = admin(
+        &out,
+        &rec,
+        &["--set", "RecordType=dynamic", "recovery", "replay"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("re-ingested 2 unflushed records"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let files = common::parquet_files(&out);
+    let (by_pyarrow, schema) = common::rows_with_pyarrow(&files);
+    for rows in [common::rows_with_parquet_crate(&files), by_pyarrow] {
+        let mut got: Vec<(i64, String, bool)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["order_id"].as_i64().expect("order_id is a number column"),
+                    r["note"].as_str().expect("note").to_string(),
+                    r["paid"].as_bool().expect("paid is a boolean column"),
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (7, "first".to_string(), true),
+                (8, "second \"quoted\"".to_string(), false)
+            ]
+        );
+    }
+    assert!(
+        !schema.contains("extra_fields"),
+        "inferred columns: {schema}"
+    );
+    assert!(common::files_with_ext(&rec, "ndjson").is_empty());
+}

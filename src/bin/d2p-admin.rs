@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use data2parquet::buffer::{Buffer, DLQ_LOCK, DlqEntry};
-use data2parquet::record::{decode_json_as, decode_json_line};
+use data2parquet::record::decode_json_as;
 use data2parquet::{Config, Error, Receiver};
 
 /// Inspect and replay the DLQ and the recovery bucket.
@@ -230,13 +230,15 @@ fn run(args: &Args) -> data2parquet::Result<()> {
                 if rel.starts_with("unflushed/") {
                     let text =
                         std::fs::read_to_string(&f).map_err(|e| Error::io("reading", &f, e))?;
+                    // Kept as records of the configured type (dynamic ones as they came).
+                    let kind = receiver.config().record_type;
                     let mut records = Vec::new();
                     for (i, line) in text
                         .lines()
                         .enumerate()
                         .filter(|(_, l)| !l.trim().is_empty())
                     {
-                        records.push(decode_json_line(line, || {
+                        records.push(decode_json_as(line.trim().as_bytes(), kind, || {
                             format!("line {} of {}", i + 1, f.display())
                         })?);
                     }

@@ -556,11 +556,7 @@ impl Inner {
         for key in self.buffer.keys()? {
             let n = self.buffer.len(&key)?;
             let records = self.buffer.get(&key, n)?;
-            let mut data = Vec::new();
-            for r in &records {
-                serde_json::to_writer(&mut data, &**r).map_err(|e| Error::Buffer(e.to_string()))?;
-                data.push(b'\n');
-            }
+            let data = leftover_lines(&records, self.dynamic.is_some())?;
             let item = RecoveryItem {
                 id: ulid::Ulid::generate().to_string(),
                 key: key.clone(),
@@ -580,9 +576,66 @@ impl Inner {
     }
 }
 
+/// Records kept on local disk at close, one JSON object a line, as `d2p-admin recovery
+/// replay` reads them back with the same `RecordType`: a Log record as its columns, a
+/// dynamic record as the object it came as (not the Log that carries it in the buffer).
+fn leftover_lines(records: &[Record], dynamic: bool) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    for r in records {
+        if dynamic {
+            let entries: Vec<(&str, &str)> = r
+                .extra_fields
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            data.extend_from_slice(crate::dynamic::object_text(&entries).as_bytes());
+        } else {
+            serde_json::to_writer(&mut data, &**r).map_err(|e| Error::Buffer(e.to_string()))?;
+        }
+        data.push(b'\n');
+    }
+    Ok(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftovers_are_kept_as_records_of_their_type() {
+        use crate::config::RecordType;
+        use crate::record::{Log, decode_json_as};
+        let log: Log = decode_json_as(
+            br#"{"message":"m","business_capability":"c","user":"u"}"#,
+            RecordType::Log,
+            String::new,
+        )
+        .expect("log");
+        let text =
+            String::from_utf8(leftover_lines(&[Arc::new(log.clone())], false).expect("lines"))
+                .expect("utf8");
+        let back: Log =
+            decode_json_as(text.trim_end().as_bytes(), RecordType::Log, String::new).expect("back");
+        assert_eq!(back, log);
+        let original = r#"{"order_id":42,"note":"a \"quoted\" word","tags":["x"],"paid":true}"#;
+        let carrier: Log =
+            decode_json_as(original.as_bytes(), RecordType::Dynamic, String::new).expect("dynamic");
+        let text =
+            String::from_utf8(leftover_lines(&[Arc::new(carrier.clone())], true).expect("lines"))
+                .expect("utf8");
+        assert!(
+            text.ends_with('\n') && text.matches('\n').count() == 1,
+            "{text}"
+        );
+        let kept: serde_json::Value = serde_json::from_str(text.trim_end()).expect("json");
+        let want: serde_json::Value = serde_json::from_str(original).expect("json");
+        assert_eq!(kept, want, "the record as it came, not its carrier");
+        let again: Log =
+            decode_json_as(text.trim_end().as_bytes(), RecordType::Dynamic, String::new)
+                .expect("replayed");
+        assert_eq!(again.extra_fields, carrier.extra_fields);
+    }
 
     #[test]
     fn runs_are_maximal_and_in_order() {
