@@ -16,7 +16,7 @@ use crate::buffer::{Columnar, DLQ_LOCK, DlqEntry, PushBatch, Record, RecoveryIte
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::naming::{ObjectKind, object_name};
-use crate::record::{Hour, format_time};
+use crate::record::{Hour, Log, format_time};
 
 /// One flush's worth of a key's records, as the buffer keeps them.
 enum Batch {
@@ -269,16 +269,7 @@ impl Inner {
         report: &mut FlushReport,
     ) -> Result<()> {
         if let Some(columns) = &self.dynamic {
-            let rows: Vec<Vec<(&str, &str)>> = group
-                .iter()
-                .map(|r| {
-                    r.extra_fields
-                        .iter()
-                        .flatten()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect()
-                })
-                .collect();
+            let rows: Vec<Vec<(&str, &str)>> = group.iter().map(|r| carried_fields(r)).collect();
             return self.write_dynamic(key, name, columns, &rows, report);
         }
         let now = self.clock.now();
@@ -576,6 +567,15 @@ impl Inner {
     }
 }
 
+/// The fields of a dynamic record, as its carrier Log holds them (key, JSON value).
+fn carried_fields(r: &Log) -> Vec<(&str, &str)> {
+    r.extra_fields
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
 /// Records kept on local disk at close, one JSON object a line, as `d2p-admin recovery
 /// replay` reads them back with the same `RecordType`: a Log record as its columns, a
 /// dynamic record as the object it came as (not the Log that carries it in the buffer).
@@ -583,13 +583,7 @@ fn leftover_lines(records: &[Record], dynamic: bool) -> Result<Vec<u8>> {
     let mut data = Vec::new();
     for r in records {
         if dynamic {
-            let entries: Vec<(&str, &str)> = r
-                .extra_fields
-                .iter()
-                .flatten()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            data.extend_from_slice(crate::dynamic::object_text(&entries).as_bytes());
+            data.extend_from_slice(crate::dynamic::object_text(&carried_fields(r)).as_bytes());
         } else {
             serde_json::to_writer(&mut data, &**r).map_err(|e| Error::Buffer(e.to_string()))?;
         }
@@ -605,7 +599,7 @@ mod tests {
     #[test]
     fn leftovers_are_kept_as_records_of_their_type() {
         use crate::config::RecordType;
-        use crate::record::{Log, decode_json_as};
+        use crate::record::decode_json_as;
         let log: Log = decode_json_as(
             br#"{"message":"m","business_capability":"c","user":"u"}"#,
             RecordType::Log,
