@@ -1,5 +1,7 @@
 //! Profiling aid: times decoding (JSON Lines -> Log) and Parquet encoding separately.
 //! `cargo run --release --example profile_convert -- bench-out/logs-200000.jsonl`
+//! (`ROWS_PER_FILE=N`: files of up to N rows per key, default 300; `FILE_OVERHEAD=1`: the
+//! fixed cost of one file, from 1-row files)
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -12,6 +14,28 @@ fn main() {
     let mut n = 0usize;
     let mut columnar = 0usize;
     let mut logs = Vec::with_capacity(1024);
+    if std::env::var("FILE_OVERHEAD").is_ok() {
+        let one: Vec<data2parquet::buffer::Record> = data
+            .split(|b| *b == b'\n')
+            .take(1)
+            .map(|l| {
+                std::sync::Arc::new(
+                    data2parquet::record::decode_json_bytes(l, String::new).expect("d"),
+                )
+            })
+            .collect();
+        let opts =
+            data2parquet::convert::EncodeOptions::from_config(&data2parquet::Config::default());
+        let start = std::time::Instant::now();
+        for _ in 0..3000 {
+            std::hint::black_box(data2parquet::convert::encode(&one, &opts).expect("e"));
+        }
+        println!(
+            "{:.1} us per 1-row file",
+            start.elapsed().as_secs_f64() * 1e6 / 3000.0
+        );
+        return;
+    }
     for line in data.split(|b| *b == b'\n') {
         if line.is_empty() {
             continue;
@@ -46,6 +70,28 @@ fn main() {
             )
         })
         .collect();
+    // Per key, in files of about the size json2parquet writes under its default memory bound.
+    let rows_per_file: usize = std::env::var("ROWS_PER_FILE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let mut by_key: std::collections::BTreeMap<String, Vec<data2parquet::buffer::Record>> =
+        Default::default();
+    for r in records {
+        by_key
+            .entry(r.partition_key("unknown"))
+            .or_default()
+            .push(r);
+    }
+    let files: Vec<&[data2parquet::buffer::Record]> = by_key
+        .values()
+        .flat_map(|v| v.chunks(rows_per_file))
+        .collect();
+    println!(
+        "{} keys, {} files of up to {rows_per_file} rows",
+        by_key.len(),
+        files.len()
+    );
     let base = data2parquet::convert::EncodeOptions::from_config(&data2parquet::Config::default());
     let variants = [
         (
@@ -78,7 +124,7 @@ fn main() {
         for (name, opts) in &variants {
             let start = std::time::Instant::now();
             let mut out = 0;
-            for chunk in records.chunks(1400) {
+            for chunk in &files {
                 out += data2parquet::convert::encode(chunk, opts)
                     .expect("encode")
                     .len();
@@ -86,7 +132,7 @@ fn main() {
             let t = start.elapsed();
             println!(
                 "round {round} {name}: {:.2} us/record, {} bytes",
-                t.as_secs_f64() * 1e6 / records.len() as f64,
+                t.as_secs_f64() * 1e6 / 50_000.0,
                 out
             );
         }

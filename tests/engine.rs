@@ -337,6 +337,73 @@ fn memory_bound_gives_backpressure_then_accepts_after_flush() {
     );
 }
 
+/// Under the memory bound, background flushing starts once the buffer is three quarters
+/// full (not at half), takes the biggest keys first, and brings it down to about half.
+#[test]
+fn pressure_flushes_start_at_three_quarters_and_take_the_biggest_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(
+        dir.path(),
+        &[
+            ("BufferSize", "100000"),
+            ("BufferMaxBytes", "1M"),
+            ("FlushInterval", "0"),
+        ],
+    );
+    let limit = c.buffer_max_bytes as u64;
+    let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
+    let writer = Arc::new(FileWriter::new(&c.writer_file_path));
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
+            .single()
+            .expect("date"),
+    ));
+    let r = Receiver::new(c, buffer, writer, clock, Background::Thread).expect("engine");
+    let out = dir.path().join("out");
+    let mut i = 0;
+    let mut push_until = |r: &Receiver, key: &str, fraction: f64| {
+        while (r.stats().buffer_bytes as f64) < limit as f64 * fraction {
+            let mut l = log(key, i);
+            l.message = format!("{i} {}", "x".repeat(2000));
+            r.push(vec![l], Vec::new()).expect("below the bound");
+            i += 1;
+        }
+    };
+    // Three small keys, then one big one: 70% full in all.
+    push_until(&r, "a:b:c:small1", 0.05);
+    push_until(&r, "a:b:c:small2", 0.10);
+    push_until(&r, "a:b:c:small3", 0.15);
+    push_until(&r, "a:b:c:big", 0.70);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        common::parquet_files(&out).is_empty(),
+        "nothing flushed below three quarters"
+    );
+    assert_eq!(r.stats().files_written, 0);
+    push_until(&r, "a:b:c:big", 0.80);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while r.stats().files_written == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stats = r.stats();
+    assert!(stats.files_written > 0, "flushed past three quarters");
+    assert!(
+        stats.buffer_bytes <= limit / 2 + limit / 10,
+        "brought down to about half: {} of {limit}",
+        stats.buffer_bytes
+    );
+    let files = common::parquet_files(&out);
+    assert!(
+        files.iter().all(|f| f.to_string_lossy().contains("big")),
+        "the biggest key goes first and alone is enough: {files:?}"
+    );
+    let written = stats.records_written as usize;
+    r.close().expect("close");
+    let seen = messages(&out);
+    assert_eq!(seen.len(), i, "every record written once in the end");
+    assert!(written > 0 && written < i);
+}
+
 #[test]
 fn dead_letters_are_written_as_ndjson() {
     let dir = tempfile::tempdir().expect("tempdir");

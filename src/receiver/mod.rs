@@ -473,9 +473,11 @@ impl Receiver {
             .counters
             .records_dlq
             .fetch_add(dlq_count, Ordering::Relaxed);
-        // Past half the memory bound, start flushing the biggest keys in the background so
-        // that reading and writing overlap instead of taking turns at the bound.
-        let mut any_due = inner.buffer.bytes_used() > inner.config.buffer_max_bytes / 2
+        // Past three quarters of the memory bound, start flushing the biggest keys in the
+        // background so that reading and writing overlap instead of taking turns at the
+        // bound. Not earlier: every key flushed under pressure is a file, and the fuller the
+        // buffer when they are picked, the bigger (and fewer) those files are.
+        let mut any_due = inner.buffer.bytes_used() > inner.config.buffer_max_bytes / 4 * 3
             && !inner.pressure.swap(true, Ordering::AcqRel);
         {
             let mut first = inner.first_seen.lock();
@@ -747,11 +749,11 @@ impl Inner {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Queues the biggest keys for a full flush until what stays is about a quarter of the
-    /// memory bound, and wakes every worker.
+    /// Queues the biggest keys for a full flush until what stays is about half the memory
+    /// bound, and wakes every worker.
     fn queue_pressure_flushes(&self) -> Result<()> {
         let used = self.buffer.bytes_used();
-        let target = self.config.buffer_max_bytes / 4;
+        let target = self.config.buffer_max_bytes / 2;
         if used <= target {
             return Ok(());
         }
