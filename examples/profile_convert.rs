@@ -92,6 +92,7 @@ fn main() {
         by_key.len(),
         files.len()
     );
+    let rows: usize = files.iter().map(|f| f.len()).sum();
     let base = data2parquet::convert::EncodeOptions::from_config(&data2parquet::Config::default());
     let variants = [
         (
@@ -132,7 +133,7 @@ fn main() {
             let t = start.elapsed();
             println!(
                 "round {round} {name}: {:.2} us/record, {} bytes",
-                t.as_secs_f64() * 1e6 / 50_000.0,
+                t.as_secs_f64() * 1e6 / rows as f64,
                 out
             );
         }

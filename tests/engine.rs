@@ -29,6 +29,14 @@ fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
 }
 
 fn engine(dir: &Path, extra: &[(&str, &str)]) -> (Receiver, Arc<ManualClock>) {
+    engine_with(dir, extra, Background::Manual)
+}
+
+fn engine_with(
+    dir: &Path,
+    extra: &[(&str, &str)],
+    background: Background,
+) -> (Receiver, Arc<ManualClock>) {
     let c = config(dir, extra);
     let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
@@ -37,7 +45,7 @@ fn engine(dir: &Path, extra: &[(&str, &str)]) -> (Receiver, Arc<ManualClock>) {
     ));
     let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
     let writer = Arc::new(FileWriter::new(&c.writer_file_path));
-    let r = Receiver::new(c, buffer, writer, clock.clone(), Background::Manual).expect("engine");
+    let r = Receiver::new(c, buffer, writer, clock.clone(), background).expect("engine");
     (r, clock)
 }
 
@@ -342,23 +350,16 @@ fn memory_bound_gives_backpressure_then_accepts_after_flush() {
 #[test]
 fn pressure_flushes_start_at_three_quarters_and_take_the_biggest_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(
+    let (r, _clock) = engine_with(
         dir.path(),
         &[
             ("BufferSize", "100000"),
             ("BufferMaxBytes", "1M"),
             ("FlushInterval", "0"),
         ],
+        Background::Thread,
     );
-    let limit = c.buffer_max_bytes as u64;
-    let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
-    let writer = Arc::new(FileWriter::new(&c.writer_file_path));
-    let clock = Arc::new(ManualClock::new(
-        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
-            .single()
-            .expect("date"),
-    ));
-    let r = Receiver::new(c, buffer, writer, clock, Background::Thread).expect("engine");
+    let limit = 1u64 << 20; // BufferMaxBytes=1M
     let out = dir.path().join("out");
     let mut i = 0;
     let mut push_until = |r: &Receiver, key: &str, fraction: f64| {
