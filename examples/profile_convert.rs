@@ -1,7 +1,7 @@
 //! Profiling aid: times decoding (JSON Lines -> Log) and Parquet encoding separately.
 //! `cargo run --release --example profile_convert -- bench-out/logs-200000.jsonl`
 //! (`ROWS_PER_FILE=N`: files of up to N rows per key, default 300; `FILE_OVERHEAD=1`: the
-//! fixed cost of one file, from 1-row files)
+//! fixed cost of one file, from `FILES` 1-row files, default 3000)
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -26,13 +26,17 @@ fn main() {
             .collect();
         let opts =
             data2parquet::convert::EncodeOptions::from_config(&data2parquet::Config::default());
+        let files: usize = std::env::var("FILES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000);
         let start = std::time::Instant::now();
-        for _ in 0..3000 {
+        for _ in 0..files {
             std::hint::black_box(data2parquet::convert::encode(&one, &opts).expect("e"));
         }
         println!(
             "{:.1} us per 1-row file",
-            start.elapsed().as_secs_f64() * 1e6 / 3000.0
+            start.elapsed().as_secs_f64() * 1e6 / files as f64
         );
         return;
     }

@@ -80,13 +80,30 @@ pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str, kind: RecordType) -> Resul
     let mut rd: &[u8] = data;
     let mut index = 0usize;
     while !rd.is_empty() {
+        // The usual event decodes in one pass, which also tells where it ends; anything
+        // else is framed first, then decoded (or explained) on its own.
+        let mut rest = rd;
+        if let Some(outcome) = fast_event(&mut rest, tag, kind) {
+            rd = rest;
+            match outcome {
+                Ok(Some(log)) => out.records.push(log),
+                Ok(None) => out.group_markers += 1,
+                Err((reason, raw)) => out.rejected.push(Rejected {
+                    what: format!("event {index} of chunk (tag {tag})"),
+                    reason,
+                    raw,
+                }),
+            }
+            index += 1;
+            continue;
+        }
         let offset = data.len() - rd.len();
         let mut rest = rd;
         let broken = match msgpack::skip(&mut rest, MAX_DEPTH) {
             Ok(()) if msgpack::is_array(rd) => {
                 let event = &rd[..rd.len() - rest.len()];
                 rd = rest;
-                match fast_event(event, tag, kind).unwrap_or_else(|| slow_event(event, tag, kind)) {
+                match slow_event(event, tag, kind) {
                     Ok(Some(log)) => out.records.push(log),
                     Ok(None) => out.group_markers += 1,
                     Err((reason, raw)) => out.rejected.push(Rejected {
@@ -130,10 +147,15 @@ pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str, kind: RecordType) -> Resul
 }
 
 /// The common case without intermediate values: `[[ts, meta], map]` or `[ts, map]` with a
-/// valid timestamp, the body deserialized straight into a [`Log`]. `None` sends the event
-/// to [`slow_event`], which handles (and explains) everything else.
-fn fast_event<'a>(event: &'a [u8], tag: &'a str, kind: RecordType) -> Option<EventOutcome<'a>> {
-    let mut rd = event;
+/// valid timestamp, the body deserialized straight into a [`Log`], read from the start of
+/// `input`, which is advanced past the event. `None` (with `input` untouched) sends the
+/// event to [`slow_event`], which handles (and explains) everything else.
+fn fast_event<'a>(
+    input: &mut &'a [u8],
+    tag: &'a str,
+    kind: RecordType,
+) -> Option<EventOutcome<'a>> {
+    let mut rd = *input;
     if msgpack::array_len(&mut rd)? != 2 {
         return None;
     }
@@ -154,15 +176,20 @@ fn fast_event<'a>(event: &'a [u8], tag: &'a str, kind: RecordType) -> Option<Eve
         )
     };
     let (sec, nsec) = match event_time(&ts)? {
-        EventTime::GroupMarker => return Some(Ok(None)),
+        EventTime::GroupMarker => {
+            // A marker's body is skipped, whatever it is.
+            msgpack::skip(&mut rd, MAX_DEPTH).ok()?;
+            *input = rd;
+            return Some(Ok(None));
+        }
         EventTime::At { sec, nsec } => (sec, nsec),
     };
     if !msgpack::is_map(rd) {
         return None;
     }
-    let log = RecordSeed::new(kind)
-        .deserialize(&mut msgpack::Deser::new(rd, MAX_DEPTH))
-        .ok()?;
+    let mut body = msgpack::Deser::new(rd, MAX_DEPTH);
+    let log = RecordSeed::new(kind).deserialize(&mut body).ok()?;
+    *input = body.rest();
     Some(Ok(Some(finish(
         log,
         kind,
@@ -698,11 +725,28 @@ mod tests {
         ];
         odd.extend_from_slice(&[0xa1, b'c', 0xd6, 5, 1, 2, 3, 4]);
         events.push(odd);
+        // Keys that are not UTF-8, or usual names in other spellings, beside usual ones.
+        let mut keys = vec![0x92, 0x01, 0x84, 0xa2, 0xff, 0xfe, 0xa1, b'x'];
+        keys.extend_from_slice(&[
+            0xa5, b'L', b'e', b'v', b'e', b'l', 0xa4, b'w', b'a', b'r', b'n',
+        ]);
+        keys.extend_from_slice(&[0xa3, b'm', b's', b'g', 0xa2, b'h', b'i']);
+        keys.extend_from_slice(&[
+            0xa4, b't', b'a', b'g', b's', 0x91, 0xa4, b'l', b'v', b'l', b'2',
+        ]);
+        events.push(keys);
         for e in &events {
-            let fast = fast_event(e, "t", RecordType::Log)
+            let mut rest = &e[..];
+            let fast = fast_event(&mut rest, "t", RecordType::Log)
                 .unwrap_or_else(|| panic!("fast path not taken: {:02x?}", &e[..e.len().min(40)]));
+            assert!(rest.is_empty(), "the fast path stopped inside the event");
             assert_eq!(fast, slow_event(e, "t", RecordType::Log));
         }
+        // Followed by more events, the fast path stops exactly where the next one starts.
+        let two = [events[0].clone(), events[1].clone()].concat();
+        let mut rest = &two[..];
+        assert!(fast_event(&mut rest, "t", RecordType::Log).is_some());
+        assert_eq!(rest, &events[1][..]);
         let chunk: Vec<u8> = events.concat();
         assert_eq!(
             decode_chunk(&chunk, "t", RecordType::Log)

@@ -6,9 +6,9 @@
 use std::fmt;
 
 use chrono::{TimeZone, Utc};
-use rmp::Marker;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
+use crate::record::decode::usual_name;
 use crate::record::format_time;
 
 /// Why the bytes are not a msgpack value.
@@ -29,22 +29,30 @@ impl de::Error for DeError {
     }
 }
 
+#[inline]
 fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], DeError> {
     if buf.len() < n {
-        return Err(DeError(format!(
-            "unexpected end of data: {n} bytes needed, {} left",
-            buf.len()
-        )));
+        return Err(short(n, buf.len()));
     }
     let (head, tail) = buf.split_at(n);
     *buf = tail;
     Ok(head)
 }
 
-fn be(buf: &mut &[u8], n: usize) -> Result<u64, DeError> {
-    Ok(take(buf, n)?
-        .iter()
-        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+#[cold]
+fn short(needed: usize, left: usize) -> DeError {
+    DeError(format!(
+        "unexpected end of data: {needed} bytes needed, {left} left"
+    ))
+}
+
+/// The big-endian unsigned integer of the next `N` bytes.
+#[inline]
+fn be<const N: usize>(buf: &mut &[u8]) -> Result<u64, DeError> {
+    let bytes = take(buf, N)?;
+    let mut word = [0u8; 8];
+    word[8 - N..].copy_from_slice(bytes);
+    Ok(u64::from_be_bytes(word))
 }
 
 /// What a marker announces.
@@ -61,48 +69,54 @@ enum Item {
     Ext(usize),
 }
 
+/// Reads one marker (and the length or scalar that follows it), by the marker byte's
+/// ranges in the msgpack specification.
+#[inline]
 fn item(buf: &mut &[u8]) -> Result<Item, DeError> {
-    let byte = take(buf, 1)?[0];
-    Ok(match Marker::from_u8(byte) {
-        Marker::FixPos(n) => Item::U64(u64::from(n)),
-        Marker::FixNeg(n) => Item::I64(i64::from(n)),
-        Marker::Null => Item::Nil,
-        Marker::True => Item::Bool(true),
-        Marker::False => Item::Bool(false),
-        Marker::U8 => Item::U64(be(buf, 1)?),
-        Marker::U16 => Item::U64(be(buf, 2)?),
-        Marker::U32 => Item::U64(be(buf, 4)?),
-        Marker::U64 => Item::U64(be(buf, 8)?),
-        Marker::I8 => Item::I64(i64::from(be(buf, 1)? as u8 as i8)),
-        Marker::I16 => Item::I64(i64::from(be(buf, 2)? as u16 as i16)),
-        Marker::I32 => Item::I64(i64::from(be(buf, 4)? as u32 as i32)),
-        Marker::I64 => Item::I64(be(buf, 8)? as i64),
-        Marker::F32 => Item::F64(f64::from(f32::from_bits(be(buf, 4)? as u32))),
-        Marker::F64 => Item::F64(f64::from_bits(be(buf, 8)?)),
-        Marker::FixStr(n) => Item::Str(usize::from(n)),
-        Marker::Str8 => Item::Str(be(buf, 1)? as usize),
-        Marker::Str16 => Item::Str(be(buf, 2)? as usize),
-        Marker::Str32 => Item::Str(be(buf, 4)? as usize),
-        Marker::Bin8 => Item::Bin(be(buf, 1)? as usize),
-        Marker::Bin16 => Item::Bin(be(buf, 2)? as usize),
-        Marker::Bin32 => Item::Bin(be(buf, 4)? as usize),
-        Marker::FixArray(n) => Item::Array(usize::from(n)),
-        Marker::Array16 => Item::Array(be(buf, 2)? as usize),
-        Marker::Array32 => Item::Array(be(buf, 4)? as usize),
-        Marker::FixMap(n) => Item::Map(usize::from(n)),
-        Marker::Map16 => Item::Map(be(buf, 2)? as usize),
-        Marker::Map32 => Item::Map(be(buf, 4)? as usize),
-        Marker::FixExt1 => Item::Ext(1),
-        Marker::FixExt2 => Item::Ext(2),
-        Marker::FixExt4 => Item::Ext(4),
-        Marker::FixExt8 => Item::Ext(8),
-        Marker::FixExt16 => Item::Ext(16),
-        Marker::Ext8 => Item::Ext(be(buf, 1)? as usize),
-        Marker::Ext16 => Item::Ext(be(buf, 2)? as usize),
-        Marker::Ext32 => Item::Ext(be(buf, 4)? as usize),
-        Marker::Reserved => {
+    let Some((&byte, rest)) = buf.split_first() else {
+        return Err(short(1, 0));
+    };
+    *buf = rest;
+    Ok(match byte {
+        0x00..=0x7f => Item::U64(u64::from(byte)),
+        0x80..=0x8f => Item::Map(usize::from(byte & 0x0f)),
+        0x90..=0x9f => Item::Array(usize::from(byte & 0x0f)),
+        0xa0..=0xbf => Item::Str(usize::from(byte & 0x1f)),
+        0xc0 => Item::Nil,
+        0xc1 => {
             return Err(DeError("reserved byte 0xc1 is never valid msgpack".into()));
         }
+        0xc2 => Item::Bool(false),
+        0xc3 => Item::Bool(true),
+        0xc4 => Item::Bin(be::<1>(buf)? as usize),
+        0xc5 => Item::Bin(be::<2>(buf)? as usize),
+        0xc6 => Item::Bin(be::<4>(buf)? as usize),
+        0xc7 => Item::Ext(be::<1>(buf)? as usize),
+        0xc8 => Item::Ext(be::<2>(buf)? as usize),
+        0xc9 => Item::Ext(be::<4>(buf)? as usize),
+        0xca => Item::F64(f64::from(f32::from_bits(be::<4>(buf)? as u32))),
+        0xcb => Item::F64(f64::from_bits(be::<8>(buf)?)),
+        0xcc => Item::U64(be::<1>(buf)?),
+        0xcd => Item::U64(be::<2>(buf)?),
+        0xce => Item::U64(be::<4>(buf)?),
+        0xcf => Item::U64(be::<8>(buf)?),
+        0xd0 => Item::I64(i64::from(be::<1>(buf)? as u8 as i8)),
+        0xd1 => Item::I64(i64::from(be::<2>(buf)? as u16 as i16)),
+        0xd2 => Item::I64(i64::from(be::<4>(buf)? as u32 as i32)),
+        0xd3 => Item::I64(be::<8>(buf)? as i64),
+        0xd4 => Item::Ext(1),
+        0xd5 => Item::Ext(2),
+        0xd6 => Item::Ext(4),
+        0xd7 => Item::Ext(8),
+        0xd8 => Item::Ext(16),
+        0xd9 => Item::Str(be::<1>(buf)? as usize),
+        0xda => Item::Str(be::<2>(buf)? as usize),
+        0xdb => Item::Str(be::<4>(buf)? as usize),
+        0xdc => Item::Array(be::<2>(buf)? as usize),
+        0xdd => Item::Array(be::<4>(buf)? as usize),
+        0xde => Item::Map(be::<2>(buf)? as usize),
+        0xdf => Item::Map(be::<4>(buf)? as usize),
+        0xe0..=0xff => Item::I64(i64::from(byte as i8)),
     })
 }
 
@@ -172,12 +186,23 @@ pub fn array_len(buf: &mut &[u8]) -> Option<usize> {
 pub struct Deser<'de> {
     input: &'de [u8],
     depth: usize,
+    /// The next string is a map key: a usual field name needs no UTF-8 check.
+    key: bool,
 }
 
 impl<'de> Deser<'de> {
     /// Reads from `input`, allowing `depth` levels of nesting.
     pub fn new(input: &'de [u8], depth: usize) -> Self {
-        Deser { input, depth }
+        Deser {
+            input,
+            depth,
+            key: false,
+        }
+    }
+
+    /// The input after what was deserialized.
+    pub fn rest(&self) -> &'de [u8] {
+        self.input
     }
 }
 
@@ -200,6 +225,7 @@ impl<'de> de::Deserializer<'de> for &mut Deser<'de> {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        let key = std::mem::take(&mut self.key);
         match item(&mut self.input)? {
             Item::Nil => visitor.visit_unit(),
             Item::Bool(b) => visitor.visit_bool(b),
@@ -208,7 +234,12 @@ impl<'de> de::Deserializer<'de> for &mut Deser<'de> {
             Item::F64(f) => visitor.visit_f64(f),
             Item::Str(n) => {
                 let bytes = take(&mut self.input, n)?;
-                // SIMD validation: every string of a chunk goes through here.
+                // A key written as a column is usually named is that name's static text
+                // (the same bytes, so ASCII): no validation needed.
+                if key && let Some(name) = usual_name(bytes) {
+                    return visitor.visit_borrowed_str(name);
+                }
+                // SIMD validation: every other string of a chunk goes through here.
                 match simdutf8::basic::from_utf8(bytes) {
                     Ok(s) => visitor.visit_borrowed_str(s),
                     Err(_) => visitor.visit_borrowed_bytes(bytes),
@@ -220,13 +251,25 @@ impl<'de> de::Deserializer<'de> for &mut Deser<'de> {
                 let payload = take(&mut self.input, n)?;
                 visitor.visit_string(ext_text(kind, payload))
             }
+            // A visitor that stops early would leave the input inside the container:
+            // that is an error, not a value ([`Deser::rest`] must be past it).
             Item::Array(n) => {
-                let inner = self.nest()?;
-                visitor.visit_seq(Elements { de: inner, left: n })
+                let mut elements = Elements {
+                    de: self.nest()?,
+                    left: n,
+                };
+                let value = visitor.visit_seq(&mut elements)?;
+                elements.finished()?;
+                Ok(value)
             }
             Item::Map(n) => {
-                let inner = self.nest()?;
-                visitor.visit_map(Elements { de: inner, left: n })
+                let mut entries = Elements {
+                    de: self.nest()?,
+                    left: n,
+                };
+                let value = visitor.visit_map(&mut entries)?;
+                entries.finished()?;
+                Ok(value)
             }
         }
     }
@@ -252,6 +295,16 @@ impl<'de> Deser<'de> {
 struct Elements<'a, 'de> {
     de: &'a mut Deser<'de>,
     left: usize,
+}
+
+impl Elements<'_, '_> {
+    fn finished(&self) -> Result<(), DeError> {
+        if self.left == 0 {
+            Ok(())
+        } else {
+            Err(DeError(format!("{} values left unread", self.left)))
+        }
+    }
 }
 
 impl Drop for Elements<'_, '_> {
@@ -290,6 +343,7 @@ impl<'de> MapAccess<'de> for Elements<'_, 'de> {
             return Ok(None);
         }
         self.left -= 1;
+        self.de.key = true;
         seed.deserialize(&mut *self.de).map(Some)
     }
 

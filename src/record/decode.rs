@@ -386,7 +386,7 @@ const NORMALISED: [Normalised; USUAL.len()] = {
         if USUAL[i].0.len() > 32 {
             panic!("a usual name is longer than 32 bytes");
         }
-        out[i] = normalise(USUAL[i].0);
+        out[i] = normalise(USUAL[i].0.as_bytes());
         i += 1;
     }
     out
@@ -514,54 +514,54 @@ impl Signature {
 /// Every name a column answers to, as keys are usually written (snake_case and the
 /// aliases). [`lookup`] matches a key against them as it is, with no normalising; a key
 /// written otherwise is normalised and compared with [`NORMALISED`].
-const USUAL: &[(&[u8], Field)] = &[
-    (b"time", Field::Time),
-    (b"timestamp", Field::Time),
-    (b"when", Field::Time),
-    (b"@timestamp", Field::Time),
-    (b"level", Field::Level),
-    (b"lvl", Field::Level),
-    (b"severity", Field::Level),
-    (b"correlation_id", Field::CorrelationId),
-    (b"session_id", Field::SessionId),
-    (b"message_id", Field::MessageId),
-    (b"person_id", Field::PersonId),
-    (b"user_id", Field::UserId),
-    (b"device_id", Field::DeviceId),
-    (b"message", Field::Message),
-    (b"msg", Field::Message),
-    (b"log", Field::Message),
-    (b"business_capability", Field::BusinessCapability),
-    (b"business_domain", Field::BusinessDomain),
-    (b"business_service", Field::BusinessService),
-    (b"application_service", Field::ApplicationService),
-    (b"audit", Field::Audit),
-    (b"resource_type", Field::ResourceType),
-    (b"cloud_provider", Field::CloudProvider),
-    (b"source_id", Field::SourceId),
-    (b"http_response", Field::HttpResponse),
-    (b"error_code", Field::ErrorCode),
-    (b"error", Field::ErrorCode),
-    (b"error_message", Field::ErrorCode),
-    (b"stack_trace", Field::StackTrace),
-    (b"duration", Field::Duration),
-    (b"elapsed", Field::Duration),
-    (b"trace_ip", Field::TraceIp),
-    (b"region", Field::Region),
-    (b"az", Field::Az),
-    (b"tags", Field::Tags),
-    (b"args", Field::Args),
+const USUAL: &[(&str, Field)] = &[
+    ("time", Field::Time),
+    ("timestamp", Field::Time),
+    ("when", Field::Time),
+    ("@timestamp", Field::Time),
+    ("level", Field::Level),
+    ("lvl", Field::Level),
+    ("severity", Field::Level),
+    ("correlation_id", Field::CorrelationId),
+    ("session_id", Field::SessionId),
+    ("message_id", Field::MessageId),
+    ("person_id", Field::PersonId),
+    ("user_id", Field::UserId),
+    ("device_id", Field::DeviceId),
+    ("message", Field::Message),
+    ("msg", Field::Message),
+    ("log", Field::Message),
+    ("business_capability", Field::BusinessCapability),
+    ("business_domain", Field::BusinessDomain),
+    ("business_service", Field::BusinessService),
+    ("application_service", Field::ApplicationService),
+    ("audit", Field::Audit),
+    ("resource_type", Field::ResourceType),
+    ("cloud_provider", Field::CloudProvider),
+    ("source_id", Field::SourceId),
+    ("http_response", Field::HttpResponse),
+    ("error_code", Field::ErrorCode),
+    ("error", Field::ErrorCode),
+    ("error_message", Field::ErrorCode),
+    ("stack_trace", Field::StackTrace),
+    ("duration", Field::Duration),
+    ("elapsed", Field::Duration),
+    ("trace_ip", Field::TraceIp),
+    ("region", Field::Region),
+    ("az", Field::Az),
+    ("tags", Field::Tags),
+    ("args", Field::Args),
     (
-        b"transaction_message_reference",
+        "transaction_message_reference",
         Field::TransactionMessageReference,
     ),
-    (b"ttl", Field::Ttl),
-    (b"auto_index", Field::AutoIndex),
-    (b"logger_name", Field::LoggerName),
-    (b"thread_name", Field::ThreadName),
-    (b"extra_fields", Field::ExtraFields),
-    (b"host", Field::Host),
-    (b"hostname", Field::Host),
+    ("ttl", Field::Ttl),
+    ("auto_index", Field::AutoIndex),
+    ("logger_name", Field::LoggerName),
+    ("thread_name", Field::ThreadName),
+    ("extra_fields", Field::ExtraFields),
+    ("host", Field::Host),
+    ("hostname", Field::Host),
 ];
 
 /// The names of [`USUAL`] as written.
@@ -569,7 +569,7 @@ const USUAL_NAMES: [&[u8]; USUAL.len()] = {
     let mut names: [&[u8]; USUAL.len()] = [&[]; USUAL.len()];
     let mut i = 0;
     while i < USUAL.len() {
-        names[i] = USUAL[i].0;
+        names[i] = USUAL[i].0.as_bytes();
         i += 1;
     }
     names
@@ -599,6 +599,13 @@ fn lookup(key: &str) -> Option<Field> {
     Signature::of(key.as_bytes())
         .and_then(|sig| probe(&USUAL_TABLE, &USUAL_SIGNATURES, sig))
         .map_or_else(|| lookup_normalised(key), |i| Some(USUAL[i].1))
+}
+
+/// The usual name (see [`USUAL`]) that `key` is byte for byte, as static text: a key
+/// found here needs no UTF-8 validation.
+pub(crate) fn usual_name(key: &[u8]) -> Option<&'static str> {
+    let sig = Signature::of(key)?;
+    probe(&USUAL_TABLE, &USUAL_SIGNATURES, sig).map(|i| USUAL[i].0)
 }
 
 /// [`lookup`] for keys not written the usual way.
@@ -1169,14 +1176,22 @@ mod tests {
         assert_eq!(lookup(long), None);
         // The usual spellings are found by signature and agree with the normalised path.
         for (name, field) in USUAL {
-            let text = std::str::from_utf8(name).expect("ascii");
+            let text = *name;
             assert_eq!(lookup(text), Some(*field), "{text}");
             assert_eq!(lookup_normalised(text), Some(*field), "{text}");
-            assert!(signature(name) == Signature::of(name), "{text}");
+            assert!(
+                signature(name.as_bytes()) == Signature::of(name.as_bytes()),
+                "{text}"
+            );
+            assert_eq!(usual_name(name.as_bytes()), Some(text));
         }
+        for other in ["Time", "level_", "lv", "msgs", "", "x"] {
+            assert_eq!(usual_name(other.as_bytes()), None, "{other}");
+        }
+        assert_eq!(usual_name(&[0xff, 0xfe]), None);
         // Near misses of every length fall through to the normalised path and agree.
         for (name, _) in USUAL {
-            let text = std::str::from_utf8(name).expect("ascii");
+            let text = *name;
             for variant in [
                 format!("{text}x"),
                 format!("x{text}"),
