@@ -1,7 +1,8 @@
 //! Profiling aid: times decoding (JSON Lines -> Log) and Parquet encoding separately.
 //! `cargo run --release --example profile_convert -- bench-out/logs-200000.jsonl`
 //! (`ROWS_PER_FILE=N`: files of up to N rows per key, default 300; `FILE_OVERHEAD=1`: the
-//! fixed cost of one file, from `FILES` 1-row files, default 3000)
+//! fixed cost of one file, from `FILES` 1-row files, default 3000; `VARIANT=i`: only the
+//! i-th encoder variant, once, for callgrind)
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -125,8 +126,14 @@ fn main() {
             },
         ),
     ];
-    for round in 0..2 {
-        for (name, opts) in &variants {
+    // `VARIANT=i`: only that variant, once (for callgrind).
+    let only: Option<usize> = std::env::var("VARIANT").ok().and_then(|v| v.parse().ok());
+    let rounds = if only.is_some() { 1 } else { 2 };
+    for round in 0..rounds {
+        for (i, (name, opts)) in variants.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
             let start = std::time::Instant::now();
             let mut out = 0;
             for chunk in &files {

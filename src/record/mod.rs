@@ -270,7 +270,7 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     }
     out[29] = b'Z';
     // Only ASCII digits and separators were written.
-    String::from_utf8_lossy(&out).into_owned()
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 /// See [`Log::parsed_time`].
