@@ -74,6 +74,21 @@ enum EventTime {
     GroupMarker,
 }
 
+impl<'a> Decoded<'a> {
+    /// Counts the outcome of event `index` of the chunk.
+    fn add(&mut self, outcome: EventOutcome<'a>, index: usize, tag: &str) {
+        match outcome {
+            Ok(Some(log)) => self.records.push(log),
+            Ok(None) => self.group_markers += 1,
+            Err((reason, raw)) => self.rejected.push(Rejected {
+                what: format!("event {index} of chunk (tag {tag})"),
+                reason,
+                raw,
+            }),
+        }
+    }
+}
+
 /// Decodes a whole chunk. Fails only when not even the first event can be framed.
 pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str, kind: RecordType) -> Result<Decoded<'a>> {
     let mut out = Decoded::default();
@@ -85,15 +100,7 @@ pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str, kind: RecordType) -> Resul
         let mut rest = rd;
         if let Some(outcome) = fast_event(&mut rest, tag, kind) {
             rd = rest;
-            match outcome {
-                Ok(Some(log)) => out.records.push(log),
-                Ok(None) => out.group_markers += 1,
-                Err((reason, raw)) => out.rejected.push(Rejected {
-                    what: format!("event {index} of chunk (tag {tag})"),
-                    reason,
-                    raw,
-                }),
-            }
+            out.add(outcome, index, tag);
             index += 1;
             continue;
         }
@@ -103,15 +110,7 @@ pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str, kind: RecordType) -> Resul
             Ok(()) if msgpack::is_array(rd) => {
                 let event = &rd[..rd.len() - rest.len()];
                 rd = rest;
-                match slow_event(event, tag, kind) {
-                    Ok(Some(log)) => out.records.push(log),
-                    Ok(None) => out.group_markers += 1,
-                    Err((reason, raw)) => out.rejected.push(Rejected {
-                        what: format!("event {index} of chunk (tag {tag})"),
-                        reason,
-                        raw,
-                    }),
-                }
+                out.add(slow_event(event, tag, kind), index, tag);
                 index += 1;
                 continue;
             }
