@@ -253,22 +253,17 @@ impl<'de> de::Deserializer<'de> for &mut Deser<'de> {
             }
             // A visitor that stops early would leave the input inside the container:
             // that is an error, not a value ([`Deser::rest`] must be past it).
-            Item::Array(n) => {
+            container @ (Item::Array(n) | Item::Map(n)) => {
                 let mut elements = Elements {
                     de: self.nest()?,
                     left: n,
                 };
-                let value = visitor.visit_seq(&mut elements)?;
-                elements.finished()?;
-                Ok(value)
-            }
-            Item::Map(n) => {
-                let mut entries = Elements {
-                    de: self.nest()?,
-                    left: n,
+                let value = if matches!(container, Item::Map(_)) {
+                    visitor.visit_map(&mut elements)?
+                } else {
+                    visitor.visit_seq(&mut elements)?
                 };
-                let value = visitor.visit_map(&mut entries)?;
-                entries.finished()?;
+                elements.finished()?;
                 Ok(value)
             }
         }
