@@ -8,7 +8,9 @@
 //! records themselves (no per-string allocations) and saves the flush a copy.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
@@ -16,7 +18,7 @@ use parking_lot::Mutex;
 use super::{Buffer, Columnar, DlqEntry, PushBatch, Record, RecoveryItem, RefGroup};
 use crate::convert::{LogColumns, logs_from_batch};
 use crate::error::{Error, Result};
-use crate::record::{Hour, LogOf};
+use crate::record::{Hour, LogOf, LogRef};
 
 /// What a record counts against the bound: its columnar size, plus half for the builders'
 /// spare capacity (they grow by doubling, so on average about 1.4x what they hold is
@@ -86,17 +88,30 @@ impl KeyData {
     }
 }
 
+/// Key shards of a [`MemBuffer`]: a power of two, well above the threads that push at
+/// once, so that two pushes (or a push and a flush) rarely wait for each other.
+const SHARDS: usize = 32;
+
+/// Dead letters and recovery items (rare; one lock for both).
 #[derive(Default)]
-struct State {
-    keys: HashMap<String, KeyData>,
+struct Side {
     dlq: VecDeque<DlqEntry>,
     recovery: Vec<RecoveryItem>,
-    bytes: usize,
 }
 
 /// In-process buffer with a total memory bound.
+///
+/// Keys live in [`SHARDS`] maps, each behind its own lock and chosen by the key's hash: a
+/// push copies each key's rows into its builders holding only that key's shard, so
+/// decoding threads pushing at once, and flushes sealing or clearing keys, proceed side
+/// by side (with one lock, a push's copy serialised them: ~12% of two cores sat idle in
+/// the HTTP batch benchmark). The bound is one atomic counter, admitted before any row
+/// goes in.
 pub struct MemBuffer {
-    state: Mutex<State>,
+    shards: Box<[Mutex<HashMap<String, KeyData>>]>,
+    hasher: std::collections::hash_map::RandomState,
+    side: Mutex<Side>,
+    bytes: AtomicUsize,
     max_bytes: usize,
 }
 
@@ -104,32 +119,113 @@ impl MemBuffer {
     /// A buffer that refuses pushes beyond `max_bytes` of counted record size.
     pub fn new(max_bytes: usize) -> Self {
         MemBuffer {
-            state: Mutex::new(State::default()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            side: Mutex::new(Side::default()),
+            bytes: AtomicUsize::new(0),
             max_bytes,
         }
     }
 
+    /// The shard that holds `key`.
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, KeyData>> {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h & (SHARDS - 1)]
+    }
+
     /// Counts `added` bytes in, or refuses them (retryable) when the buffer is full.
-    fn admit(&self, st: &mut State, added: usize) -> Result<()> {
+    fn admit(&self, added: usize) -> Result<()> {
         // A batch larger than half the bound is taken once the buffer is at most half full
         // (where flushing under pressure brings it), and an empty buffer takes any batch:
         // otherwise a large chunk would be refused forever while small keys stay buffered.
-        let fits = st.bytes + added <= self.max_bytes;
-        let large_and_room = added > self.max_bytes / 2 && st.bytes <= self.max_bytes / 2;
-        if st.bytes > 0 && !fits && !large_and_room {
-            return Err(Error::BufferFull {
-                used: st.bytes,
-                limit: self.max_bytes,
-            });
-        }
-        st.bytes += added;
-        Ok(())
+        let max = self.max_bytes;
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let fits = used.saturating_add(added) <= max;
+                let large_and_room = added > max / 2 && used <= max / 2;
+                (used == 0 || fits || large_and_room).then(|| used.saturating_add(added))
+            })
+            .map(|_| ())
+            .map_err(|used| Error::BufferFull { used, limit: max })
     }
+
+    /// Gives back `n` counted bytes.
+    fn release(&self, n: usize) {
+        // The closure always answers Some: the update cannot fail.
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
+
+    /// Appends each key's rows under its shard's lock; returns each key's length
+    /// afterwards, in the groups' order. `added` bytes were admitted for them: on an
+    /// error, what was not appended is given back.
+    ///
+    /// Shards are taken with `try_lock` first and a busy one is left for a second pass:
+    /// two pushes walking keys in the same order would otherwise wait on each other at
+    /// every key. Each group is one key, so deferring a group keeps every key's order.
+    fn append_groups<'r, R, S>(&self, groups: &[Group<'r, R>], added: usize) -> Result<Vec<usize>>
+    where
+        R: std::ops::Deref<Target = LogOf<S>>,
+        S: AsRef<str> + Ord,
+    {
+        let mut lens = vec![0; groups.len()];
+        let mut appended = 0usize;
+        let mut busy = Vec::new();
+        let mut append = |i: usize, shard: &mut HashMap<String, KeyData>| -> Result<()> {
+            let g = &groups[i];
+            let data = match shard.get_mut(g.key) {
+                Some(data) => data,
+                None => shard.entry(g.key.to_string()).or_default(),
+            };
+            lens[i] = data.append(g.records, g.sizes, g.hours)?;
+            appended += g.sizes.iter().map(|s| *s as usize).sum::<usize>();
+            Ok(())
+        };
+        let mut result = Ok(());
+        for (i, g) in groups.iter().enumerate() {
+            match self.shard(g.key).try_lock() {
+                Some(mut shard) => result = append(i, &mut shard),
+                None => {
+                    busy.push(i);
+                    continue;
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            for i in busy {
+                result = append(i, &mut self.shard(groups[i].key).lock());
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(()) => Ok(lens),
+            Err(e) => {
+                self.release(added.saturating_sub(appended));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One key's rows for [`MemBuffer::append_groups`].
+struct Group<'r, R> {
+    key: &'r str,
+    records: &'r [R],
+    sizes: &'r [u32],
+    hours: &'r [Option<Hour>],
 }
 
 impl Buffer for MemBuffer {
     fn push(&self, batch: PushBatch) -> Result<Vec<usize>> {
-        // Sizes and hours are worked out before taking the lock.
+        // Sizes and hours are worked out before taking any lock.
         let rows: Vec<(Vec<u32>, Vec<Option<Hour>>)> = batch
             .groups
             .iter()
@@ -143,33 +239,36 @@ impl Buffer for MemBuffer {
                     .unzip()
             })
             .collect();
-        let added: usize = rows
+        let records_bytes: usize = rows
             .iter()
             .flat_map(|(sizes, _)| sizes.iter().map(|s| *s as usize))
-            .sum::<usize>()
-            + batch
-                .dlq
-                .iter()
-                .map(DlqEntry::estimated_size)
-                .sum::<usize>();
+            .sum();
+        let dlq_bytes: usize = batch.dlq.iter().map(DlqEntry::estimated_size).sum();
         let PushBatch { groups, dlq, .. } = batch;
-        let mut st = self.state.lock();
-        self.admit(&mut st, added)?;
-        st.dlq.extend(dlq);
-        let mut lens = Vec::with_capacity(groups.len());
-        for ((key, records), (sizes, hours)) in groups.iter().zip(rows) {
-            let data = st.keys.entry(key.clone()).or_default();
-            lens.push(data.append(records, &sizes, &hours)?);
+        self.admit(records_bytes + dlq_bytes)?;
+        if !dlq.is_empty() {
+            self.side.lock().dlq.extend(dlq);
         }
-        drop(st);
-        // The records themselves are freed here, on the pushing thread, after the lock.
+        let parts: Vec<Group<'_, Record>> = groups
+            .iter()
+            .zip(&rows)
+            .map(|((key, records), (sizes, hours))| Group {
+                key,
+                records,
+                sizes,
+                hours,
+            })
+            .collect();
+        let lens = self.append_groups(&parts, records_bytes)?;
+        drop(parts);
+        // The records themselves are freed here, on the pushing thread, after the locks.
         drop(groups);
         Ok(lens)
     }
 
     fn get_columnar(&self, key: &str, max: usize) -> Result<Option<Vec<Columnar>>> {
-        let mut st = self.state.lock();
-        let Some(data) = st.keys.get_mut(key) else {
+        let mut shard = self.shard(key).lock();
+        let Some(data) = shard.get_mut(key) else {
             return Ok(Some(Vec::new()));
         };
         data.seal()?;
@@ -200,11 +299,11 @@ impl Buffer for MemBuffer {
     fn clear(&self, key: &str, count: usize) -> Result<()> {
         // Take the data out under the lock, free it after: freeing must not block pushes.
         let mut freed = Vec::new();
+        let mut released = 0usize;
         {
-            let mut st = self.state.lock();
-            let mut released = 0usize;
+            let mut shard = self.shard(key).lock();
             let mut now_empty = false;
-            if let Some(data) = st.keys.get_mut(key) {
+            if let Some(data) = shard.get_mut(key) {
                 data.seal()?;
                 let mut left = count.min(data.rows);
                 data.rows -= left;
@@ -227,62 +326,76 @@ impl Buffer for MemBuffer {
                 now_empty = data.rows == 0;
             }
             if now_empty {
-                st.keys.remove(key);
+                shard.remove(key);
             }
-            st.bytes -= released.min(st.bytes);
         }
+        self.release(released);
         drop(freed);
         Ok(())
     }
 
     fn len(&self, key: &str) -> Result<usize> {
-        Ok(self.state.lock().keys.get(key).map_or(0, |d| d.rows))
+        Ok(self.shard(key).lock().get(key).map_or(0, |d| d.rows))
     }
 
     fn keys(&self) -> Result<Vec<String>> {
-        let mut keys: Vec<String> = self.state.lock().keys.keys().cloned().collect();
+        let mut keys: Vec<String> = Vec::new();
+        for shard in self.shards.iter() {
+            keys.extend(shard.lock().keys().cloned());
+        }
         keys.sort();
         Ok(keys)
     }
 
     fn get_dlq(&self, max: usize) -> Result<Vec<DlqEntry>> {
-        Ok(self.state.lock().dlq.iter().take(max).cloned().collect())
+        Ok(self.side.lock().dlq.iter().take(max).cloned().collect())
     }
 
     fn clear_dlq(&self, count: usize) -> Result<()> {
-        let mut st = self.state.lock();
-        let n = count.min(st.dlq.len());
-        let freed: usize = st.dlq.drain(..n).map(|e| e.estimated_size()).sum();
-        st.bytes -= freed;
+        let freed: usize = {
+            let mut side = self.side.lock();
+            let n = count.min(side.dlq.len());
+            side.dlq.drain(..n).map(|e| e.estimated_size()).sum()
+        };
+        self.release(freed);
         Ok(())
     }
 
     fn push_recovery(&self, item: RecoveryItem) -> Result<()> {
-        let mut st = self.state.lock();
-        st.bytes += item.data.len();
-        st.recovery.push(item);
+        // Recovery data is already held elsewhere until here: it is counted, never refused.
+        self.bytes.fetch_add(item.data.len(), Ordering::AcqRel);
+        self.side.lock().recovery.push(item);
         Ok(())
     }
 
     fn get_recovery(&self) -> Result<Vec<RecoveryItem>> {
-        Ok(self.state.lock().recovery.clone())
+        Ok(self.side.lock().recovery.clone())
     }
 
     fn remove_recovery(&self, id: &str) -> Result<()> {
-        let mut st = self.state.lock();
-        if let Some(pos) = st.recovery.iter().position(|i| i.id == id) {
-            let item = st.recovery.remove(pos);
-            st.bytes -= item.data.len();
+        let removed = {
+            let mut side = self.side.lock();
+            side.recovery
+                .iter()
+                .position(|i| i.id == id)
+                .map(|pos| side.recovery.remove(pos))
+        };
+        if let Some(item) = removed {
+            self.release(item.data.len());
         }
         Ok(())
     }
 
     fn recovery_len(&self) -> Result<usize> {
-        Ok(self.state.lock().recovery.len())
+        Ok(self.side.lock().recovery.len())
     }
 
     fn total_len(&self) -> Result<usize> {
-        Ok(self.state.lock().keys.values().map(|d| d.rows).sum())
+        Ok(self
+            .shards
+            .iter()
+            .map(|shard| shard.lock().values().map(|d| d.rows).sum::<usize>())
+            .sum())
     }
 
     fn try_lock(&self, _key: &str) -> Result<bool> {
@@ -299,7 +412,7 @@ impl Buffer for MemBuffer {
     }
 
     fn bytes_used(&self) -> usize {
-        self.state.lock().bytes
+        self.bytes.load(Ordering::Acquire)
     }
 
     fn close(&self) -> Result<()> {
@@ -320,20 +433,26 @@ impl Buffer for MemBuffer {
         groups: &[RefGroup<'_, '_>],
         dlq: Vec<DlqEntry>,
     ) -> Result<Vec<usize>> {
-        let added: usize = groups
+        let records_bytes: usize = groups
             .iter()
             .flat_map(|g| g.sizes.iter().map(|s| *s as usize))
-            .sum::<usize>()
-            + dlq.iter().map(DlqEntry::estimated_size).sum::<usize>();
-        let mut st = self.state.lock();
-        self.admit(&mut st, added)?;
-        st.dlq.extend(dlq);
-        let mut lens = Vec::with_capacity(groups.len());
-        for (key, g) in keys.iter().zip(groups) {
-            let data = st.keys.entry(key.clone()).or_default();
-            lens.push(data.append(&g.records, &g.sizes, &g.hours)?);
+            .sum();
+        let dlq_bytes: usize = dlq.iter().map(DlqEntry::estimated_size).sum();
+        self.admit(records_bytes + dlq_bytes)?;
+        if !dlq.is_empty() {
+            self.side.lock().dlq.extend(dlq);
         }
-        Ok(lens)
+        let parts: Vec<Group<'_, &LogRef<'_>>> = keys
+            .iter()
+            .zip(groups)
+            .map(|(key, g)| Group {
+                key,
+                records: &g.records,
+                sizes: &g.sizes,
+                hours: &g.hours,
+            })
+            .collect();
+        self.append_groups(&parts, records_bytes)
     }
 
     fn durable(&self) -> bool {
@@ -471,6 +590,91 @@ mod tests {
         assert_eq!(b.get_recovery().expect("get"), vec![item]);
         b.remove_recovery("1").expect("remove");
         assert!(b.get_recovery().expect("get").is_empty());
+    }
+
+    #[test]
+    fn concurrent_pushes_and_flushes_lose_and_repeat_nothing() {
+        // Four threads push batches over six keys (every key from several threads, so
+        // shards are contended) while a flusher reads and clears keys as it goes.
+        const THREADS: usize = 4;
+        const BATCHES: usize = 150;
+        let b = Arc::new(MemBuffer::new(1 << 30));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drain = |b: &MemBuffer, seen: &mut Vec<String>| {
+            for key in b.keys().expect("keys") {
+                let got = b.get(&key, 97).expect("get");
+                seen.extend(got.iter().map(|r| format!("{key}|{}", r.message)));
+                b.clear(&key, got.len()).expect("clear");
+            }
+        };
+        let flusher = {
+            let (b, done) = (Arc::clone(&b), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !done.load(Ordering::Acquire) {
+                    drain(&b, &mut seen);
+                }
+                seen
+            })
+        };
+        let pushers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let b = Arc::clone(&b);
+                std::thread::spawn(move || {
+                    for i in 0..BATCHES {
+                        let groups = (0..3)
+                            .map(|g| {
+                                let key = format!("k{}", (t + g + i) % 6);
+                                let recs = (0..5).map(|r| rec(&format!("{t}-{i}-{r}"))).collect();
+                                (key, recs)
+                            })
+                            .collect();
+                        b.push(PushBatch {
+                            groups,
+                            dlq: Vec::new(),
+                            encoded: None,
+                        })
+                        .expect("push");
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().expect("pusher");
+        }
+        done.store(true, Ordering::Release);
+        let mut seen = flusher.join().expect("flusher");
+        while b.total_len().expect("len") > 0 {
+            drain(&b, &mut seen);
+        }
+        assert_eq!(b.total_len().expect("len"), 0);
+        assert_eq!(b.bytes_used(), 0, "every counted byte given back");
+        let mut want: Vec<String> = (0..THREADS)
+            .flat_map(|t| {
+                (0..BATCHES).flat_map(move |i| {
+                    (0..3).flat_map(move |g| {
+                        (0..5).map(move |r| format!("k{}|{t}-{i}-{r}", (t + g + i) % 6))
+                    })
+                })
+            })
+            .collect();
+        // Per key and thread, records come out in the order they were pushed.
+        for t in 0..THREADS {
+            for k in 0..6 {
+                let prefix = format!("k{k}|{t}-");
+                let order = |v: &[String]| -> Vec<String> {
+                    v.iter()
+                        .filter(|s| s.starts_with(&prefix))
+                        .cloned()
+                        .collect()
+                };
+                assert_eq!(order(&seen), order(&want), "order of key k{k}, thread {t}");
+            }
+        }
+        seen.sort();
+        want.sort();
+        assert_eq!(seen.len(), want.len());
+        assert_eq!(seen, want, "nothing lost, nothing repeated");
     }
 
     #[test]
