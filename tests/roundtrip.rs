@@ -191,5 +191,11 @@ fn every_column_round_trips_through_both_readers() {
     );
     let msg_enc = cols["message"][1].to_string();
     assert!(!msg_enc.contains("DICTIONARY"), "message is not: {msg_enc}");
-    assert_eq!(cols["message"][2], true, "statistics written");
+    assert_eq!(cols["level"][2], true, "statistics written");
+    assert_eq!(cols["correlation_id"][2], true, "statistics written");
+    // Free text gets none: its bounds would never let a reader skip anything.
+    for col in ["message", "stack_trace", "args.key_value.value"] {
+        assert_eq!(cols[col][2], false, "no min/max for {col}: {cols}");
+    }
+    assert_eq!(cols["args.key_value.key"][2], true, "map keys keep theirs");
 }
