@@ -36,7 +36,6 @@ const DICTIONARY_COLUMNS: &[&str] = &[
     "source_id",
     "http_response",
     "error_code",
-    "duration",
     "region",
     "az",
     "ttl",
