@@ -149,6 +149,16 @@ impl MemBuffer {
             .map_err(|used| Error::BufferFull { used, limit: max })
     }
 
+    /// Admits a push's `records_bytes` together with its dead letters, and queues those.
+    fn admit_with_dlq(&self, records_bytes: usize, dlq: Vec<DlqEntry>) -> Result<()> {
+        let dlq_bytes: usize = dlq.iter().map(DlqEntry::estimated_size).sum();
+        self.admit(records_bytes + dlq_bytes)?;
+        if !dlq.is_empty() {
+            self.side.lock().dlq.extend(dlq);
+        }
+        Ok(())
+    }
+
     /// Gives back `n` counted bytes.
     fn release(&self, n: usize) {
         // The closure always answers Some: the update cannot fail.
@@ -243,12 +253,8 @@ impl Buffer for MemBuffer {
             .iter()
             .flat_map(|(sizes, _)| sizes.iter().map(|s| *s as usize))
             .sum();
-        let dlq_bytes: usize = batch.dlq.iter().map(DlqEntry::estimated_size).sum();
         let PushBatch { groups, dlq, .. } = batch;
-        self.admit(records_bytes + dlq_bytes)?;
-        if !dlq.is_empty() {
-            self.side.lock().dlq.extend(dlq);
-        }
+        self.admit_with_dlq(records_bytes, dlq)?;
         let parts: Vec<Group<'_, Record>> = groups
             .iter()
             .zip(&rows)
@@ -437,11 +443,7 @@ impl Buffer for MemBuffer {
             .iter()
             .flat_map(|g| g.sizes.iter().map(|s| *s as usize))
             .sum();
-        let dlq_bytes: usize = dlq.iter().map(DlqEntry::estimated_size).sum();
-        self.admit(records_bytes + dlq_bytes)?;
-        if !dlq.is_empty() {
-            self.side.lock().dlq.extend(dlq);
-        }
+        self.admit_with_dlq(records_bytes, dlq)?;
         let parts: Vec<Group<'_, &LogRef<'_>>> = keys
             .iter()
             .zip(groups)
