@@ -15,6 +15,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{GzipLevel, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -707,7 +708,10 @@ pub fn encode_batches(batches: &[RecordBatch], opts: &EncodeOptions) -> Result<V
     let arrow_bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
     let out = Vec::with_capacity(arrow_bytes / 3 + 4096);
     let props = opts.properties(fits_one_page(rows, arrow_bytes))?;
-    let writer = ArrowWriter::try_new(out, log_schema(), Some(props)).map_err(enc_err)?;
+    let options = ArrowWriterOptions::new()
+        .with_properties(props)
+        .with_skip_arrow_metadata(true);
+    let writer = ArrowWriter::try_new_with_options(out, log_schema(), options).map_err(enc_err)?;
     write_slices(writer, batches)
 }
 
@@ -980,6 +984,22 @@ mod tests {
         .metadata()
         .clone();
         assert!(meta.row_group(0).column(0).statistics().is_none());
+    }
+
+    #[test]
+    fn log_files_have_no_embedded_arrow_schema_and_read_back_the_same() {
+        let records: Vec<Record> = varied(50).into_iter().map(Arc::new).collect();
+        let file = Bytes::from(encode(&records, &opts()).expect("encode"));
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).expect("reader");
+        let keys: Vec<String> = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .map(|kv| kv.iter().map(|k| k.key.clone()).collect())
+            .unwrap_or_default();
+        assert!(!keys.iter().any(|k| k == "ARROW:schema"), "{keys:?}");
+        // The types inferred from the Parquet schema alone are the Log schema's.
+        assert_eq!(builder.schema().fields(), log_schema().fields());
     }
 
     /// Varied records: nulls, empty and non-empty lists and maps, unicode.
