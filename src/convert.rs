@@ -585,7 +585,7 @@ pub fn logs_from_batch(batch: &RecordBatch) -> Result<Vec<Log>> {
 /// Free-text leaf columns: no min/max statistics, even with `WriterStatistics` on. Their
 /// bounds over a page or a file of log lines span nearly everything, so no engine can skip
 /// data by them (a `LIKE '%x%'` never uses them), while computing them compares every
-/// value: about 6% of json2parquet's instructions went to statistics, most of it here.
+/// value: 1.6% of json2parquet's instructions (statistics of every column took 6%).
 const NO_STATISTICS_COLUMNS: &[&str] = &[
     "message",
     "stack_trace",
