@@ -305,6 +305,10 @@ impl LogColumns {
         self.rows == 0
     }
 
+    /// The part of [`LogColumns::row_bytes`] every record takes, whatever its text: an
+    /// offset per string column and the rest of its columns' entries.
+    pub const FIXED_ROW_BYTES: usize = STRINGS * 4 + 32;
+
     /// The bytes a record takes in columnar form (its text plus offsets and validity):
     /// what the memory buffer counts against `BufferMaxBytes`.
     pub fn row_bytes<S: AsRef<str> + Ord>(l: &LogOf<S>) -> usize {
@@ -321,7 +325,7 @@ impl LogColumns {
             .flatten()
             .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 8)
             .sum();
-        STRINGS * 4 + 32 + text + lists + maps
+        Self::FIXED_ROW_BYTES + text + lists + maps
     }
 
     /// Appends one record; returns its size as [`LogColumns::row_bytes`] counts it.
@@ -337,7 +341,7 @@ impl LogColumns {
         R: std::ops::Deref<Target = LogOf<S>>,
         S: AsRef<str> + Ord,
     {
-        let mut bytes = (STRINGS * 4 + 32) * rows.len();
+        let mut bytes = Self::FIXED_ROW_BYTES * rows.len();
         for (i, b) in self.strings.iter_mut().enumerate() {
             for r in rows {
                 let v = text_of(r, i);

@@ -91,61 +91,116 @@ impl<'a> Decoded<'a> {
 
 /// Decodes a whole chunk. Fails only when not even the first event can be framed.
 pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str, kind: RecordType) -> Result<Decoded<'a>> {
-    let mut out = Decoded::default();
-    let mut rd: &[u8] = data;
-    let mut index = 0usize;
-    while !rd.is_empty() {
-        // The usual event decodes in one pass, which also tells where it ends; anything
-        // else is framed first, then decoded (or explained) on its own.
-        let mut rest = rd;
-        if let Some(outcome) = fast_event(&mut rest, tag, kind) {
-            if index == 0 {
-                reserve_for(&mut out.records, data.len(), rd.len() - rest.len());
-            }
-            rd = rest;
-            out.add(outcome, index, tag);
-            index += 1;
-            continue;
+    let mut decoder = ChunkDecoder::new(data, tag, kind);
+    Ok(decoder.next_slice(usize::MAX)?.unwrap_or_default())
+}
+
+/// Decodes a chunk a slice of events at a time (the plugin pushes each slice while its
+/// records are still in cache; [`decode_chunk`] takes all at once).
+pub struct ChunkDecoder<'a> {
+    data: &'a [u8],
+    rd: &'a [u8],
+    tag: &'a str,
+    kind: RecordType,
+    index: usize,
+    done: bool,
+}
+
+impl<'a> ChunkDecoder<'a> {
+    /// A decoder at the start of `data`.
+    pub fn new(data: &'a [u8], tag: &'a str, kind: RecordType) -> Self {
+        ChunkDecoder {
+            data,
+            rd: data,
+            tag,
+            kind,
+            index: 0,
+            done: false,
         }
-        let offset = data.len() - rd.len();
-        let mut rest = rd;
-        let broken = match msgpack::skip(&mut rest, MAX_DEPTH) {
-            Ok(()) if msgpack::is_array(rd) => {
-                let event = &rd[..rd.len() - rest.len()];
-                rd = rest;
-                out.add(slow_event(event, tag, kind), index, tag);
-                index += 1;
+    }
+
+    /// Bytes of the chunk decoded so far.
+    pub fn consumed(&self) -> usize {
+        self.data.len() - self.rd.len()
+    }
+
+    /// Events (records, rejected events and group markers) decoded so far.
+    pub fn events(&self) -> usize {
+        self.index
+    }
+
+    /// Decodes the next `max` events (fewer at the end); `None` once the chunk is done.
+    /// Fails only when not even the chunk's first event can be framed: broken framing
+    /// later sends the rest of the chunk, as hex, to the dead-letter queue and ends it.
+    pub fn next_slice(&mut self, max: usize) -> Result<Option<Decoded<'a>>> {
+        if self.done || self.rd.is_empty() {
+            return Ok(None);
+        }
+        let (data, tag, kind) = (self.data, self.tag, self.kind);
+        let mut out = Decoded::default();
+        let mut taken = 0usize;
+        while !self.rd.is_empty() && taken < max {
+            taken += 1;
+            // The usual event decodes in one pass, which also tells where it ends; anything
+            // else is framed first, then decoded (or explained) on its own.
+            let mut rest = self.rd;
+            if let Some(outcome) = fast_event(&mut rest, tag, kind) {
+                if taken == 1 {
+                    reserve_for(
+                        &mut out.records,
+                        self.rd.len(),
+                        self.rd.len() - rest.len(),
+                        max,
+                    );
+                }
+                self.rd = rest;
+                out.add(outcome, self.index, tag);
+                self.index += 1;
                 continue;
             }
-            // Every event is an array: anything else means the bytes are not (or no
-            // longer) a sequence of events, and nothing after them can be trusted.
-            Ok(()) => {
-                let mut one = rd;
-                let shown = rmpv::decode::read_value_ref_with_max_depth(&mut one, MAX_DEPTH)
-                    .map(|v| truncate(&compact(&to_loose(&v)), 80))
-                    .unwrap_or_default();
-                format!("an event must be an array, found {shown}")
+            let rd = self.rd;
+            let offset = data.len() - rd.len();
+            let mut rest = rd;
+            let broken = match msgpack::skip(&mut rest, MAX_DEPTH) {
+                Ok(()) if msgpack::is_array(rd) => {
+                    let event = &rd[..rd.len() - rest.len()];
+                    self.rd = rest;
+                    out.add(slow_event(event, tag, kind), self.index, tag);
+                    self.index += 1;
+                    continue;
+                }
+                // Every event is an array: anything else means the bytes are not (or no
+                // longer) a sequence of events, and nothing after them can be trusted.
+                Ok(()) => {
+                    let mut one = rd;
+                    let shown = rmpv::decode::read_value_ref_with_max_depth(&mut one, MAX_DEPTH)
+                        .map(|v| truncate(&compact(&to_loose(&v)), 80))
+                        .unwrap_or_default();
+                    format!("an event must be an array, found {shown}")
+                }
+                Err(e) => e.to_string(),
+            };
+            if offset == 0 {
+                return Err(Error::Decode {
+                    what: format!("chunk of {} bytes (tag {tag})", data.len()),
+                    reason: format!("not a msgpack event stream: {broken}"),
+                });
             }
-            Err(e) => e.to_string(),
-        };
-        if offset == 0 {
-            return Err(Error::Decode {
-                what: format!("chunk of {} bytes (tag {tag})", data.len()),
-                reason: format!("not a msgpack event stream: {broken}"),
+            let tail = &data[offset..];
+            out.rejected.push(Rejected {
+                what: format!("bytes {offset}..{} of chunk (tag {tag})", data.len()),
+                reason: format!(
+                    "msgpack framing broken after {} events ({broken}); the remaining {} bytes are kept as hex",
+                    self.index,
+                    tail.len()
+                ),
+                raw: hex(tail),
             });
+            self.done = true;
+            break;
         }
-        let tail = &data[offset..];
-        out.rejected.push(Rejected {
-            what: format!("bytes {offset}..{} of chunk (tag {tag})", data.len()),
-            reason: format!(
-                "msgpack framing broken after {index} events ({broken}); the remaining {} bytes are kept as hex",
-                tail.len()
-            ),
-            raw: hex(tail),
-        });
-        break;
+        Ok(Some(out))
     }
-    Ok(out)
 }
 
 /// Reserves room for the events of a chunk of `chunk_len` bytes whose first event took
@@ -154,9 +209,10 @@ pub fn decode_chunk<'a>(data: &'a [u8], tag: &'a str, kind: RecordType) -> Resul
 /// chunks); with the room reserved the decoder alone takes 2.2-2.4 µs per record instead
 /// of 2.3-2.8. Capped at one record per 128 bytes of chunk (a tiny first event must not
 /// reserve for more); room never written is never touched.
-fn reserve_for<T>(records: &mut Vec<T>, chunk_len: usize, first_len: usize) {
+/// At most `max` (the slice's events).
+fn reserve_for<T>(records: &mut Vec<T>, chunk_len: usize, first_len: usize, max: usize) {
     let events = chunk_len / first_len.max(128);
-    records.reserve(events + events / 8 + 1);
+    records.reserve((events + events / 8 + 1).min(max));
 }
 
 /// The common case without intermediate values: `[[ts, meta], map]` or `[ts, map]` with a
@@ -629,6 +685,54 @@ mod tests {
         assert!(d.rejected[1].raw.contains("bad ts"));
         assert!(d.rejected[2].raw.contains("neg"));
         assert!(d.rejected[0].what.contains("event 1"));
+    }
+
+    #[test]
+    fn slices_decode_what_the_whole_chunk_decodes() {
+        let mut c = Vec::new();
+        for i in 0..9 {
+            v2(&mut c, 1 + i, 0, &[("message", &format!("m{i}"))]);
+            if i % 4 == 1 {
+                c.extend_from_slice(&[0x92, 0x01]);
+                encode::write_str(&mut c, "not a map").expect("vec write");
+            }
+        }
+        // Broken framing, then an event nothing can trust any more.
+        encode::write_u32(&mut c, 7).expect("vec write");
+        v2(&mut c, 99, 0, &[("message", "after garbage")]);
+        let whole = decode_chunk(&c, "t", RecordType::Log).expect("decodes");
+        let shown = |d: &Decoded<'_>| -> (Vec<String>, Vec<(String, String)>, usize) {
+            (
+                d.records.iter().map(|l| l.message.to_string()).collect(),
+                d.rejected
+                    .iter()
+                    .map(|r| (r.what.clone(), r.reason.clone()))
+                    .collect(),
+                d.group_markers,
+            )
+        };
+        assert_eq!(whole.records.len(), 9);
+        assert_eq!(
+            whole.rejected.len(),
+            3,
+            "two bodies that are not maps, the framing"
+        );
+        for per in 1..=5 {
+            let mut decoder = ChunkDecoder::new(&c, "t", RecordType::Log);
+            let mut all = Decoded::default();
+            let mut slices = 0;
+            while let Some(d) = decoder.next_slice(per).expect("decodes") {
+                assert!(d.records.len() + d.rejected.len() <= per);
+                slices += 1;
+                all.records.extend(d.records);
+                all.rejected.extend(d.rejected);
+                all.group_markers += d.group_markers;
+            }
+            assert_eq!(shown(&all), shown(&whole), "{per} per slice");
+            assert!(slices >= 11 / per, "{per} per slice: {slices} slices");
+            assert_eq!(decoder.events(), 11, "{per} per slice");
+            assert!(decoder.consumed() < c.len(), "the garbage is not consumed");
+        }
     }
 
     #[test]

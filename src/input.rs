@@ -242,6 +242,29 @@ pub fn decode_json_lines<'a>(
     (records, rejected)
 }
 
+/// Cuts JSON Lines `data` into slices of `lines` lines (each ends after a newline but the
+/// last), with the number of each slice's first line (from 1); also returns the number of
+/// lines in all. For [`decode_json_lines`] one slice at a time.
+pub fn line_slices(data: &[u8], lines: usize) -> (Vec<(&[u8], u64)>, usize) {
+    let lines = lines.max(1);
+    let mut slices = Vec::new();
+    let (mut start, mut count) = (0, 0);
+    for end in memchr::memchr_iter(b'\n', data) {
+        count += 1;
+        if count % lines == 0 {
+            slices.push((&data[start..=end], (count - lines + 1) as u64));
+            start = end + 1;
+        }
+    }
+    if start < data.len() {
+        slices.push((&data[start..], (count / lines * lines + 1) as u64));
+        if data.last() != Some(&b'\n') {
+            count += 1;
+        }
+    }
+    (slices, count)
+}
+
 /// The turn of one block of [`read_input_parallel`]: blocks take turns in input order.
 pub struct Turn<'t> {
     seq: u64,
@@ -555,6 +578,30 @@ impl<R: std::io::Read> std::io::Read for CountingReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_slices_cover_the_input_once_with_its_line_numbers() {
+        let data = b"{\"a\":1}\n\n{\"a\":3}\nbroken\n{\"a\":5}";
+        for per in 1..=6 {
+            let (slices, lines) = line_slices(data, per);
+            assert_eq!(lines, 5, "{per} per slice");
+            let joined: Vec<u8> = slices.iter().flat_map(|(s, _)| s.to_vec()).collect();
+            assert_eq!(joined, data.to_vec(), "{per} per slice");
+            // Each slice's lines decode with the numbers they have in the whole input.
+            let mut rejected = Vec::new();
+            let mut records = 0;
+            for (slice, first) in &slices {
+                let (logs, bad) = decode_json_lines(slice, *first, "in", RecordType::Log);
+                records += logs.len();
+                rejected.extend(bad.into_iter().map(|r| r.what));
+            }
+            assert_eq!(records, 3, "{per} per slice");
+            assert_eq!(rejected, ["line 4 of in"], "{per} per slice");
+        }
+        let (slices, lines) = line_slices(b"{}\n{}\n", 1);
+        assert_eq!((slices.len(), lines), (2, 2));
+        assert_eq!(line_slices(b"", 256), (Vec::new(), 0));
+    }
 
     fn collect(input: &str) -> (Result<ReadStats>, Vec<Log>, Vec<Rejected>) {
         let mut logs = Vec::new();

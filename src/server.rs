@@ -25,8 +25,8 @@ use serde_json::json;
 
 use crate::buffer::DlqEntry;
 use crate::error::Error;
-use crate::input::{Format, Rejected, decode_json_lines, detect, read_input};
-use crate::receiver::Receiver;
+use crate::input::{Format, Rejected, decode_json_lines, detect, line_slices, read_input};
+use crate::receiver::{Receiver, estimate_counted_bytes};
 use crate::record::decode_json_as;
 
 /// Seconds a client is asked to wait after a `503`.
@@ -137,6 +137,12 @@ async fn records(State(st): State<AppState>, body: Bytes) -> Response {
     on_blocking_thread("batch", &st, move |r| ingest_batch(r, &body)).await
 }
 
+/// Lines of a batch decoded and pushed at a time: their decoded records stay in cache
+/// until they are appended to the columns. Batches of 1000 generator records: 354k
+/// records/s against 337k when the whole body was decoded first (medians of 6
+/// alternating wrk runs).
+const SLICE_LINES: usize = 256;
+
 /// Decodes a batch body and pushes what decodes (rejected lines go to the DLQ). JSON Lines
 /// (the common case) are decoded borrowing their text from the body: no per-string
 /// allocation on the way to the buffer.
@@ -148,9 +154,20 @@ fn ingest_batch(receiver: &Receiver, body: &[u8]) -> Response {
     };
     let kind = receiver.config().record_type;
     let (pushed, rejected) = if format == Format::JsonLines {
-        let (logs, rejected) = decode_json_lines(rest, 1, "request", kind);
-        let dlq = dlq_entries(receiver, &rejected);
-        (receiver.push_refs(logs, dlq), rejected)
+        // Admitted as a whole, decoded and pushed a slice at a time (see
+        // `Receiver::push_refs_sliced`).
+        let (slices, lines) = line_slices(rest, SLICE_LINES);
+        let estimate = estimate_counted_bytes(rest.len(), lines);
+        let mut slices = slices.into_iter();
+        let mut rejected = Vec::new();
+        let pushed = receiver.push_refs_sliced(estimate, None, || {
+            let (data, first_line) = slices.next()?;
+            let (logs, bad) = decode_json_lines(data, first_line, "request", kind);
+            let dlq = dlq_entries(receiver, &bad);
+            rejected.extend(bad);
+            Some((logs, dlq))
+        });
+        (pushed, rejected)
     } else {
         let mut logs = Vec::new();
         let mut rejected: Vec<Rejected> = Vec::new();

@@ -536,6 +536,19 @@ fn borrowed_pushes_write_exactly_what_owned_pushes_write() {
         r.push_borrowed(&prepared, Some(std::time::Duration::from_secs(5)))
             .expect("push");
     });
+    let sliced = written(&|r, data| {
+        let (slices, lines) = data2parquet::input::line_slices(data, 64);
+        let estimate = data2parquet::receiver::estimate_counted_bytes(data.len(), lines);
+        let mut slices = slices.into_iter();
+        r.push_refs_sliced(estimate, None, || {
+            let (part, first) = slices.next()?;
+            let (logs, bad) =
+                decode_json_lines(part, first, "t", data2parquet::config::RecordType::Log);
+            assert!(bad.is_empty());
+            Some((logs, Vec::new()))
+        })
+        .expect("push_refs_sliced");
+    });
     let count = |m: &std::collections::BTreeMap<String, Vec<serde_json::Value>>| -> usize {
         m.values().map(Vec::len).sum()
     };
@@ -543,4 +556,87 @@ fn borrowed_pushes_write_exactly_what_owned_pushes_write() {
     assert!(owned.len() > 5, "{} partitions", owned.len());
     assert_eq!(direct, owned);
     assert_eq!(in_two_halves, owned);
+    assert_eq!(sliced, owned);
+}
+
+#[test]
+fn sliced_pushes_are_admitted_whole_and_counted_at_their_real_size() {
+    use data2parquet::LogRef;
+    use data2parquet::receiver::estimate_counted_bytes;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = [
+        ("BufferSize", "100000"),
+        ("FlushInterval", "0"),
+        ("BufferMaxBytes", "1M"),
+    ];
+    let (r, _clock) = engine(dir.path(), &extra);
+    let keys = ["a:b:c:d", "e:f:g:h", "i:j:k:l"];
+    // ~950 counted bytes each: 600 of them fill more than half of the bound.
+    let logs: Vec<Log> = (0..600)
+        .map(|i| {
+            let mut l = log(keys[i % 3], i);
+            l.message = format!("{} {}", l.message, "x".repeat(500));
+            l
+        })
+        .collect();
+    let slices = |from: usize, to: usize| -> Vec<Vec<LogRef<'_>>> {
+        logs[from..to]
+            .chunks(256)
+            .map(|c| c.iter().map(Log::borrowed).collect())
+            .collect()
+    };
+    // The same records pushed at once count what they count in slices.
+    let (other_dir, (whole, _)) = {
+        let d = tempfile::tempdir().expect("tempdir");
+        let e = engine(d.path(), &extra);
+        (d, e)
+    };
+    whole
+        .push_refs(logs.iter().map(Log::borrowed).collect(), Vec::new())
+        .expect("push_refs");
+    let counted = whole.stats().buffer_bytes;
+    assert!(counted > 512 << 10, "{counted}");
+    // A generous estimate and a short one (0) both settle to the real size.
+    for (estimate, range) in [
+        (estimate_counted_bytes(1 << 18, 300), (0, 300)),
+        (0, (300, 600)),
+    ] {
+        let mut parts = slices(range.0, range.1).into_iter();
+        let mut calls = 0;
+        let n = r
+            .push_refs_sliced(estimate, None, || {
+                calls += 1;
+                parts.next().map(|p| (p, Vec::new()))
+            })
+            .expect("sliced push");
+        assert_eq!(n, 300);
+        assert_eq!(calls, 3, "two slices of at most 256, then the end");
+    }
+    assert_eq!(r.stats().buffered_records, 600);
+    assert_eq!(r.stats().buffer_bytes, counted, "counted as pushed at once");
+    // A reservation that cannot fit refuses the whole input before any of it is decoded.
+    let mut called = false;
+    let refused = r.push_refs_sliced(600 << 10, None, || {
+        called = true;
+        None
+    });
+    assert!(
+        matches!(refused, Err(data2parquet::Error::BufferFull { .. })),
+        "{refused:?}"
+    );
+    assert!(!called, "nothing was decoded");
+    assert_eq!(r.stats().buffered_records, 600);
+    assert_eq!(
+        r.stats().buffer_bytes,
+        counted,
+        "the refused reservation is not kept"
+    );
+    assert_eq!(r.stats().push_refused, 1);
+    r.close().expect("close");
+    let seen = messages(&dir.path().join("out"));
+    assert_eq!(seen.len(), 600);
+    assert!(seen.values().all(|n| *n == 1), "each record once");
+    assert_eq!(r.stats().buffer_bytes, 0, "everything given back");
+    whole.close().expect("close");
+    drop(other_dir);
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use data2parquet::receiver::estimate_counted_bytes;
 use data2parquet::{Config, Receiver, fluent};
 
 use crate::ffi::{
@@ -224,10 +225,18 @@ fn decode_loop(rx: &Mutex<mpsc::Receiver<Job>>, receiver: &Receiver, log: &Logge
     }
 }
 
-/// Decodes a chunk and pushes it; the return code tells Fluent Bit the truth.
+/// Events of a chunk decoded and pushed at a time: their decoded records stay in cache
+/// until they are appended to the columns (inside Fluent Bit, 9.9 µs of CPU per record
+/// above `null` against 11.2 when whole chunks were decoded first; medians of 4 runs).
+const SLICE_EVENTS: usize = 256;
+
+/// Decodes a chunk and pushes it; the return code tells Fluent Bit the truth. The chunk is
+/// admitted or refused as a whole, then decoded and pushed a slice at a time (see
+/// `Receiver::push_refs_sliced`).
 fn handle(data: &[u8], tag: &str, receiver: &Receiver, log: &Logger) -> c_int {
-    let decoded = match fluent::decode_chunk(data, tag, receiver.config().record_type) {
-        Ok(d) => d,
+    let mut decoder = fluent::ChunkDecoder::new(data, tag, receiver.config().record_type);
+    let first = match decoder.next_slice(SLICE_EVENTS) {
+        Ok(first) => first,
         Err(e) => {
             log.error(&format!(
                 "dropping a chunk of {} bytes (tag {tag}) that cannot be decoded: {e}",
@@ -236,42 +245,63 @@ fn handle(data: &[u8], tag: &str, receiver: &Receiver, log: &Logger) -> c_int {
             return FLB_ERROR;
         }
     };
-    let records = decoded.records.len();
-    let rejected = decoded.rejected.len();
-    if let Some(first) = decoded.rejected.first() {
-        log.warn(&format!(
-            "{rejected} event(s) of a chunk (tag {tag}) go to the dead-letter queue; first: {}",
-            fluent::summary(first)
-        ));
-    }
-    let dlq = decoded
-        .rejected
-        .into_iter()
-        .map(|r| receiver.dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw))
-        .collect();
+    // Events of the chunk, judged by the first slice's.
+    let events = (data.len() as u128 * decoder.events() as u128 / decoder.consumed().max(1) as u128)
+        as usize;
+    let estimate = estimate_counted_bytes(data.len(), events);
+    let (mut records, mut rejected, mut markers) = (0usize, 0usize, 0usize);
+    let mut first_rejected: Option<String> = None;
+    let mut slice = first;
+    let next = || {
+        // Only the chunk's first event can fail to frame, and it did not.
+        let d = slice
+            .take()
+            .or_else(|| decoder.next_slice(SLICE_EVENTS).ok().flatten())?;
+        records += d.records.len();
+        rejected += d.rejected.len();
+        markers += d.group_markers;
+        if first_rejected.is_none() {
+            first_rejected = d.rejected.first().map(fluent::summary);
+        }
+        let dlq = d
+            .rejected
+            .into_iter()
+            .map(|r| receiver.dlq_entry(None, format!("{}: {}", r.what, r.reason), r.raw))
+            .collect();
+        Some((d.records, dlq))
+    };
     // A full buffer first gets `BufferFullWait` to make room (the flusher runs meanwhile):
     // Fluent Bit's own retry comes seconds later and, by default, only once.
     let wait = Duration::from_millis(receiver.config().buffer_full_wait_ms);
-    match receiver.push_refs_wait(decoded.records, dlq, wait) {
+    let pushed = receiver.push_refs_sliced(estimate, Some(wait), next);
+    if let Some(first) = &first_rejected {
+        log.warn(&format!(
+            "{rejected} event(s) of a chunk (tag {tag}) go to the dead-letter queue; first: {first}"
+        ));
+    }
+    match pushed {
         Ok(_) => {
             log.debug(|| {
                 format!(
-                    "chunk (tag {tag}, {} bytes): {records} records buffered, {rejected} to the DLQ, {} group markers skipped",
+                    "chunk (tag {tag}, {} bytes): {records} records buffered, {rejected} to the DLQ, {markers} group markers skipped",
                     data.len(),
-                    decoded.group_markers
                 )
             });
             FLB_OK
         }
         Err(e) if e.is_retryable() => {
             log.warn(&format!(
-                "cannot take {records} records (tag {tag}) within {}ms: {e}; returning FLB_RETRY so Fluent Bit keeps the chunk",
+                "cannot take a chunk of {} bytes (~{events} events, tag {tag}) within {}ms: {e}; returning FLB_RETRY so Fluent Bit keeps the chunk",
+                data.len(),
                 wait.as_millis()
             ));
             FLB_RETRY
         }
         Err(e) => {
-            log.error(&format!("dropping {records} records (tag {tag}): {e}"));
+            log.error(&format!(
+                "dropping a chunk of {} bytes (tag {tag}; {records} records buffered before this): {e}",
+                data.len()
+            ));
             FLB_ERROR
         }
     }

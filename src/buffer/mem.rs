@@ -169,6 +169,26 @@ impl MemBuffer {
             });
     }
 
+    /// [`MemBuffer::append_groups`] of borrowed records grouped by `keys`.
+    fn append_refs(
+        &self,
+        keys: &[String],
+        groups: &[RefGroup<'_, '_>],
+        added: usize,
+    ) -> Result<Vec<usize>> {
+        let parts: Vec<Group<'_, &LogRef<'_>>> = keys
+            .iter()
+            .zip(groups)
+            .map(|(key, g)| Group {
+                key,
+                records: &g.records,
+                sizes: &g.sizes,
+                hours: &g.hours,
+            })
+            .collect();
+        self.append_groups(&parts, added)
+    }
+
     /// Appends each key's rows under its shard's lock; returns each key's length
     /// afterwards, in the groups' order. `added` bytes were admitted for them: on an
     /// error, what was not appended is given back.
@@ -439,22 +459,37 @@ impl Buffer for MemBuffer {
         groups: &[RefGroup<'_, '_>],
         dlq: Vec<DlqEntry>,
     ) -> Result<Vec<usize>> {
-        let records_bytes: usize = groups
-            .iter()
-            .flat_map(|g| g.sizes.iter().map(|s| *s as usize))
-            .sum();
+        let records_bytes = groups.iter().map(RefGroup::counted_bytes).sum();
         self.admit_with_dlq(records_bytes, dlq)?;
-        let parts: Vec<Group<'_, &LogRef<'_>>> = keys
-            .iter()
-            .zip(groups)
-            .map(|(key, g)| Group {
-                key,
-                records: &g.records,
-                sizes: &g.sizes,
-                hours: &g.hours,
-            })
-            .collect();
-        self.append_groups(&parts, records_bytes)
+        self.append_refs(keys, groups, records_bytes)
+    }
+
+    fn reserve(&self, bytes: usize) -> Result<()> {
+        self.admit(bytes)
+    }
+
+    fn push_refs_reserved(
+        &self,
+        keys: &[String],
+        groups: &[RefGroup<'_, '_>],
+        dlq: Vec<DlqEntry>,
+    ) -> Result<Vec<usize>> {
+        if !dlq.is_empty() {
+            let dlq_bytes: usize = dlq.iter().map(DlqEntry::estimated_size).sum();
+            self.bytes.fetch_add(dlq_bytes, Ordering::AcqRel);
+            self.side.lock().dlq.extend(dlq);
+        }
+        // The reservation holds these bytes: nothing to give back on an error (the caller
+        // settles for the slices that went in).
+        self.append_refs(keys, groups, 0)
+    }
+
+    fn settle(&self, reserved: usize, used: usize) {
+        if used > reserved {
+            self.bytes.fetch_add(used - reserved, Ordering::AcqRel);
+        } else {
+            self.release(reserved - used);
+        }
     }
 
     fn durable(&self) -> bool {

@@ -193,6 +193,27 @@ pub trait Buffer: Send + Sync {
             self.describe()
         )))
     }
+    /// Counts `bytes` against the memory bound ahead of pushes that follow with
+    /// [`Buffer::push_refs_reserved`], or refuses them (retryable) as [`Buffer::push_refs`]
+    /// would: one unit of input (an HTTP batch, a Fluent Bit chunk) is then admitted or
+    /// refused as a whole, yet decoded and pushed in slices that stay in cache. End the
+    /// reservation with [`Buffer::settle`]. Only called when [`Buffer::takes_refs`].
+    fn reserve(&self, _bytes: usize) -> Result<()> {
+        Ok(())
+    }
+    /// [`Buffer::push_refs`] of records whose counted sizes a [`Buffer::reserve`] already
+    /// admitted: never refused for room (dead letters are counted as they come).
+    fn push_refs_reserved(
+        &self,
+        keys: &[String],
+        groups: &[RefGroup<'_, '_>],
+        dlq: Vec<DlqEntry>,
+    ) -> Result<Vec<usize>> {
+        self.push_refs(keys, groups, dlq)
+    }
+    /// Ends a reservation of `reserved` bytes of which pushes used `used` (the counted
+    /// sizes of the records pushed): the rest is given back, an excess is counted.
+    fn settle(&self, _reserved: usize, _used: usize) {}
     /// Like [`Buffer::encode`] for records that borrow their text, grouped (one list per
     /// group): the encoding for [`PushBatch::encoded`], or `None` (the default) when this
     /// buffer needs the records themselves (the caller then makes owned records).
@@ -215,6 +236,13 @@ pub struct RefGroup<'r, 'a> {
     pub hours: Vec<Option<crate::record::Hour>>,
     /// Each record's counted size.
     pub sizes: Vec<u32>,
+}
+
+impl RefGroup<'_, '_> {
+    /// The counted sizes of the group's records, together.
+    pub fn counted_bytes(&self) -> usize {
+        self.sizes.iter().map(|s| *s as usize).sum()
+    }
 }
 
 /// Records of one key in columnar form: Log rows as an Arrow batch, and each row's hour.

@@ -359,6 +359,71 @@ impl Receiver {
         self.push_borrowed(&prepared, timeout)
     }
 
+    /// Pushes one unit of input whose records borrow their text (an HTTP batch, a Fluent
+    /// Bit chunk) slice by slice, yet admitted or refused as a whole: `estimate` counted
+    /// bytes (see [`estimate_counted_bytes`]) are reserved first, or the unit is refused
+    /// (retryable) as [`Receiver::push_refs`] would refuse it; then `next` decodes one
+    /// slice at a time and each is grouped, sized and appended while its decoded records
+    /// (~700 bytes each) are still in the core's cache, and the reservation is settled
+    /// to the slices' real sizes at the end. With `timeout`, waits for room as
+    /// [`Receiver::push_refs_wait`]. A buffer that cannot take borrowed records (Redis)
+    /// gets all slices in one push. Past the reservation only a closing receiver fails a
+    /// slice; the slices before it stay buffered and are flushed by the close.
+    pub fn push_refs_sliced<'a>(
+        &self,
+        estimate: usize,
+        timeout: Option<Duration>,
+        mut next: impl FnMut() -> Option<(Vec<LogRef<'a>>, Vec<DlqEntry>)>,
+    ) -> Result<usize> {
+        if !self.inner.buffer.takes_refs() {
+            let (mut records, mut dlq) = (Vec::new(), Vec::new());
+            while let Some((r, d)) = next() {
+                records.extend(r);
+                dlq.extend(d);
+            }
+            return self.push_refs_within(records, dlq, timeout);
+        }
+        let buffer = &self.inner.buffer;
+        let reserve =
+            || self.push_attempt(&[], 0, 0, || buffer.reserve(estimate).map(|()| Vec::new()));
+        match timeout {
+            Some(t) => self.retry_until(t, reserve)?,
+            None => reserve()?,
+        };
+        let (mut used, mut pushed) = (0usize, 0usize);
+        let outcome = loop {
+            let Some((mut records, dlq)) = next() else {
+                break Ok(pushed);
+            };
+            let pushed_slice = match self.prepare_borrowed(&mut records, dlq) {
+                Ok(PreparedRefs::Direct {
+                    keys,
+                    groups,
+                    count,
+                    dlq,
+                }) => {
+                    let bytes: usize = groups.iter().map(RefGroup::counted_bytes).sum();
+                    self.push_attempt(&keys, count, dlq.len(), || {
+                        buffer.push_refs_reserved(&keys, &groups, dlq)
+                    })
+                    .map(|n| (n, bytes))
+                }
+                // Not for a buffer that takes borrowed records; pushed as it is if it comes.
+                Ok(PreparedRefs::Batch(batch)) => self.push_prepared(batch).map(|n| (n, 0)),
+                Err(e) => Err(e),
+            };
+            match pushed_slice {
+                Ok((n, bytes)) => {
+                    pushed += n;
+                    used += bytes;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        buffer.settle(estimate, used);
+        outcome
+    }
+
     /// The CPU-heavy half of [`Receiver::push_refs`], safe to run on any thread: fills empty
     /// times, groups `records` by key and works out each one's hour and size (memory
     /// buffer) or encodes them (Redis). Push the result with [`Receiver::push_borrowed`];
@@ -638,6 +703,17 @@ pub enum PreparedRefs<'r, 'a> {
     },
     /// For other buffers: a batch as [`Receiver::prepare`] makes.
     Batch(PushBatch),
+}
+
+/// What [`Receiver::push_refs_sliced`] reserves for `input_bytes` of JSON or msgpack
+/// holding about `records` records: their bytes plus each record's fixed columnar part,
+/// counted as the memory buffer counts a record. A record's text is at most its encoded
+/// form (quotes, key names and escapes only add), so this is rarely short; when it is, the
+/// settlement counts the difference.
+pub fn estimate_counted_bytes(input_bytes: usize, records: usize) -> usize {
+    // As `counted_bytes`: half again for the builders' spare capacity.
+    let row_bytes = input_bytes.saturating_add(records.saturating_mul(LogColumns::FIXED_ROW_BYTES));
+    row_bytes.saturating_mul(3) / 2
 }
 
 /// Records grouped by partition key by [`Receiver::group_refs`].
