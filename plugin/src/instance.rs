@@ -299,7 +299,7 @@ fn handle(data: &[u8], tag: &str, receiver: &Receiver, log: &Logger) -> c_int {
         }
         Err(e) => {
             log.error(&format!(
-                "dropping a chunk of {} bytes (tag {tag}; {records} records buffered before this): {e}",
+                "dropping the rest of a chunk of {} bytes (tag {tag}; {records} records decoded, the slices pushed before this error stay buffered): {e}",
                 data.len()
             ));
             FLB_ERROR
