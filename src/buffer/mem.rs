@@ -151,12 +151,16 @@ impl MemBuffer {
 
     /// Admits a push's `records_bytes` together with its dead letters, and queues those.
     fn admit_with_dlq(&self, records_bytes: usize, dlq: Vec<DlqEntry>) -> Result<()> {
-        let dlq_bytes: usize = dlq.iter().map(DlqEntry::estimated_size).sum();
-        self.admit(records_bytes + dlq_bytes)?;
+        self.admit(records_bytes + dlq_bytes(&dlq))?;
+        self.queue_dlq(dlq);
+        Ok(())
+    }
+
+    /// Queues dead letters whose bytes are counted already.
+    fn queue_dlq(&self, dlq: Vec<DlqEntry>) {
         if !dlq.is_empty() {
             self.side.lock().dlq.extend(dlq);
         }
-        Ok(())
     }
 
     /// Gives back `n` counted bytes.
@@ -243,6 +247,11 @@ impl MemBuffer {
             }
         }
     }
+}
+
+/// What dead letters count against the bound.
+fn dlq_bytes(dlq: &[DlqEntry]) -> usize {
+    dlq.iter().map(DlqEntry::estimated_size).sum()
 }
 
 /// One key's rows for [`MemBuffer::append_groups`].
@@ -474,11 +483,8 @@ impl Buffer for MemBuffer {
         groups: &[RefGroup<'_, '_>],
         dlq: Vec<DlqEntry>,
     ) -> Result<Vec<usize>> {
-        if !dlq.is_empty() {
-            let dlq_bytes: usize = dlq.iter().map(DlqEntry::estimated_size).sum();
-            self.bytes.fetch_add(dlq_bytes, Ordering::AcqRel);
-            self.side.lock().dlq.extend(dlq);
-        }
+        self.bytes.fetch_add(dlq_bytes(&dlq), Ordering::AcqRel);
+        self.queue_dlq(dlq);
         // The reservation holds these bytes: nothing to give back on an error (the caller
         // settles for the slices that went in).
         self.append_refs(keys, groups, 0)
