@@ -24,8 +24,12 @@ use crate::record::{Hour, LogOf, LogRef};
 /// spare capacity (they grow by doubling, so on average about 1.4x what they hold is
 /// allocated): the bound then limits the memory really used, not just the data.
 pub(crate) fn counted_bytes(row_bytes: usize) -> u32 {
-    let bytes = row_bytes.saturating_mul(3) / 2;
-    bytes.min(u32::MAX as usize) as u32
+    counted_size(row_bytes).min(u32::MAX as usize) as u32
+}
+
+/// [`counted_bytes`] of any size (a whole input's, for a reservation).
+pub(crate) fn counted_size(row_bytes: usize) -> usize {
+    row_bytes.saturating_mul(3) / 2
 }
 
 /// Text bytes after which a key's builders are sealed before more rows go in: far below

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use parking_lot::{Condvar, Mutex};
 
-use crate::buffer::mem::counted_bytes;
+use crate::buffer::mem::{counted_bytes, counted_size};
 use crate::buffer::{Buffer, DlqEntry, PushBatch, Record, RefGroup};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -711,9 +711,7 @@ pub enum PreparedRefs<'r, 'a> {
 /// form (quotes, key names and escapes only add), so this is rarely short; when it is, the
 /// settlement counts the difference.
 pub fn estimate_counted_bytes(input_bytes: usize, records: usize) -> usize {
-    // As `counted_bytes`: half again for the builders' spare capacity.
-    let row_bytes = input_bytes.saturating_add(records.saturating_mul(LogColumns::FIXED_ROW_BYTES));
-    row_bytes.saturating_mul(3) / 2
+    counted_size(input_bytes.saturating_add(records.saturating_mul(LogColumns::FIXED_ROW_BYTES)))
 }
 
 /// Records grouped by partition key by [`Receiver::group_refs`].
