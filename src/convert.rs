@@ -417,6 +417,286 @@ impl LogColumns {
     }
 }
 
+/// Marks a null string, list or map in [`LogRows`]' lengths.
+const NULL_LEN: u32 = u32::MAX;
+
+/// Records appended row by row into two flat streams, for a key that waits in the memory
+/// buffer: the text of every field one after another, and one `u32` per field (its
+/// length, [`NULL_LEN`] for null; the item count of a list or map, then its items'
+/// lengths; both flags in one word). A push then writes one record where its key's two
+/// streams end, instead of into 30-odd column builders each with its own end somewhere
+/// else in memory; [`LogRows::finish`] builds the Arrow columns at their exact sizes in
+/// one go, right before they are encoded.
+#[derive(Default)]
+pub struct LogRows {
+    text: String,
+    lens: Vec<u32>,
+    rows: usize,
+    /// Bytes appended since the last finish, as [`LogColumns::row_bytes`] counts them.
+    counted: usize,
+}
+
+/// Appends `v` to the streams. A field longer than `u32::MAX - 1` bytes (which Arrow's
+/// 32-bit offsets could not hold either) is cut at a character boundary, so the streams
+/// never get out of step.
+#[inline]
+fn push_text(text: &mut String, lens: &mut Vec<u32>, v: &str) {
+    let mut end = v.len().min((NULL_LEN - 1) as usize);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    lens.push(end as u32);
+    text.push_str(&v[..end]);
+}
+
+/// A count as stored in [`LogRows`] (lists and maps never hold `u32::MAX` items).
+fn stored_count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(NULL_LEN - 1).min(NULL_LEN - 1)
+}
+
+fn flag_code(f: Option<bool>) -> u32 {
+    match f {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    }
+}
+
+fn flag_of(code: u32) -> Option<bool> {
+    match code {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    }
+}
+
+/// Reads [`LogRows`]' streams in the order they were written.
+struct RowReader<'a> {
+    text: &'a str,
+    lens: &'a [u32],
+    at: usize,
+    li: usize,
+}
+
+impl<'a> RowReader<'a> {
+    fn word(&mut self) -> Result<u32> {
+        let w = self
+            .lens
+            .get(self.li)
+            .copied()
+            .ok_or_else(|| Error::Encode {
+                key: String::new(),
+                reason: "buffered rows end early (internal error)".into(),
+            })?;
+        self.li += 1;
+        Ok(w)
+    }
+
+    /// The next string, `None` for null.
+    fn text(&mut self) -> Result<Option<&'a str>> {
+        let n = self.word()?;
+        if n == NULL_LEN {
+            return Ok(None);
+        }
+        let end = self.at + n as usize;
+        let s = self.text.get(self.at..end).ok_or_else(|| Error::Encode {
+            key: String::new(),
+            reason: "buffered text out of step (internal error)".into(),
+        })?;
+        self.at = end;
+        Ok(Some(s))
+    }
+
+    /// Skips the next string; returns its length (0 for null).
+    fn skip_text(&mut self) -> Result<usize> {
+        let n = self.word()?;
+        if n == NULL_LEN {
+            return Ok(0);
+        }
+        self.at += n as usize;
+        Ok(n as usize)
+    }
+}
+
+impl LogRows {
+    /// Rows appended since the last [`LogRows::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row was appended since the last [`LogRows::finish`].
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Bytes appended since the last finish, as [`LogColumns::text_bytes`] counts them.
+    pub fn text_bytes(&self) -> usize {
+        self.counted
+    }
+
+    /// Appends records in order; returns their total size as [`LogColumns::row_bytes`]
+    /// counts it.
+    pub fn append_rows<R, S>(&mut self, rows: &[R]) -> usize
+    where
+        R: std::ops::Deref<Target = LogOf<S>>,
+        S: AsRef<str> + Ord,
+    {
+        let mut bytes = LogColumns::FIXED_ROW_BYTES * rows.len();
+        for r in rows {
+            for i in 0..STRINGS {
+                match text_of(r, i) {
+                    Some(v) => {
+                        bytes += v.len();
+                        push_text(&mut self.text, &mut self.lens, v);
+                    }
+                    None => self.lens.push(NULL_LEN),
+                }
+            }
+            self.lens
+                .push(flag_code(r.audit) | flag_code(r.auto_index) << 2);
+            for list in [&r.trace_ip, &r.tags] {
+                match list {
+                    Some(items) => {
+                        self.lens.push(stored_count(items.len()));
+                        for item in items.iter().take(stored_count(items.len()) as usize) {
+                            let item = item.as_ref();
+                            bytes += item.len() + 4;
+                            push_text(&mut self.text, &mut self.lens, item);
+                        }
+                    }
+                    None => self.lens.push(NULL_LEN),
+                }
+            }
+            for map in [&r.args, &r.extra_fields] {
+                match map {
+                    Some(m) => {
+                        self.lens.push(stored_count(m.len()));
+                        for (k, v) in m.iter().take(stored_count(m.len()) as usize) {
+                            let (k, v) = (k.as_ref(), v.as_ref());
+                            bytes += k.len() + v.len() + 8;
+                            push_text(&mut self.text, &mut self.lens, k);
+                            push_text(&mut self.text, &mut self.lens, v);
+                        }
+                    }
+                    None => self.lens.push(NULL_LEN),
+                }
+            }
+        }
+        self.rows += rows.len();
+        self.counted += bytes;
+        bytes
+    }
+
+    fn reader(&self) -> RowReader<'_> {
+        RowReader {
+            text: &self.text,
+            lens: &self.lens,
+            at: 0,
+            li: 0,
+        }
+    }
+
+    /// The rows appended so far as one Arrow batch (every builder made at its exact
+    /// size first); the streams start over empty.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        let rows = self.rows;
+        // First pass: how big each column is.
+        let mut str_bytes = [0usize; STRINGS];
+        let mut items = [0usize; 4];
+        let mut item_bytes = [0usize; 6];
+        let mut rd = self.reader();
+        for _ in 0..rows {
+            for b in str_bytes.iter_mut() {
+                *b += rd.skip_text()?;
+            }
+            rd.word()?;
+            for j in 0..2 {
+                let n = rd.word()?;
+                if n != NULL_LEN {
+                    items[j] += n as usize;
+                    for _ in 0..n {
+                        item_bytes[j] += rd.skip_text()?;
+                    }
+                }
+            }
+            for j in 0..2 {
+                let n = rd.word()?;
+                if n != NULL_LEN {
+                    items[2 + j] += n as usize;
+                    for _ in 0..n {
+                        item_bytes[2 + 2 * j] += rd.skip_text()?;
+                        item_bytes[3 + 2 * j] += rd.skip_text()?;
+                    }
+                }
+            }
+        }
+        let mut cols = LogColumns {
+            strings: str_bytes
+                .iter()
+                .map(|b| StringBuilder::with_capacity(rows, *b))
+                .collect(),
+            bools: [
+                BooleanBuilder::with_capacity(rows),
+                BooleanBuilder::with_capacity(rows),
+            ],
+            lists: [0, 1].map(|j| {
+                ListBuilder::with_capacity(
+                    StringBuilder::with_capacity(items[j], item_bytes[j]),
+                    rows,
+                )
+                .with_field(list_field())
+            }),
+            maps: [0, 1].map(|j| {
+                MapBuilder::with_capacity(
+                    Some(map_names()),
+                    StringBuilder::with_capacity(items[2 + j], item_bytes[2 + 2 * j]),
+                    StringBuilder::with_capacity(items[2 + j], item_bytes[3 + 2 * j]),
+                    rows,
+                )
+                .with_values_field(Arc::new(Field::new(
+                    "value",
+                    DataType::Utf8,
+                    true,
+                )))
+            }),
+            rows,
+            text: self.counted,
+        };
+        // Second pass: the values.
+        let mut rd = self.reader();
+        for _ in 0..rows {
+            for b in cols.strings.iter_mut() {
+                b.append_option(rd.text()?);
+            }
+            let flags = rd.word()?;
+            cols.bools[0].append_option(flag_of(flags & 3));
+            cols.bools[1].append_option(flag_of(flags >> 2 & 3));
+            for b in cols.lists.iter_mut() {
+                let n = rd.word()?;
+                if n != NULL_LEN {
+                    for _ in 0..n {
+                        b.values().append_option(rd.text()?);
+                    }
+                }
+                b.append(n != NULL_LEN);
+            }
+            for b in cols.maps.iter_mut() {
+                let n = rd.word()?;
+                if n != NULL_LEN {
+                    for _ in 0..n {
+                        b.keys().append_option(rd.text()?);
+                        b.values().append_option(rd.text()?);
+                    }
+                }
+                // Cannot fail: every key appended above has its value.
+                let _ = b.append(n != NULL_LEN);
+            }
+        }
+        *self = LogRows::default();
+        cols.finish()
+    }
+}
+
 /// Builds the Arrow batch for `records`.
 pub fn to_record_batch(records: &[Record]) -> Result<RecordBatch> {
     let mut columns = LogColumns::new();
@@ -1035,6 +1315,57 @@ mod tests {
             assert_eq!(cols.append(&log), LogColumns::row_bytes(&log));
             assert_eq!(cols.append(&log.borrowed()), LogColumns::row_bytes(&log));
         }
+    }
+
+    #[test]
+    fn buffered_rows_build_the_batch_the_builders_build() {
+        // Generator records, the hand-made ones (nulls, empty and absent lists and maps,
+        // unicode) and edge cases: the row streams must give the very same batch, count the
+        // same bytes, and start over empty after each finish.
+        let mut g = crate::record::generator::Generator::new(5);
+        let mut logs: Vec<Log> = (0..300)
+            .map(|i| {
+                crate::record::decode_json_line(&g.next_line(), || format!("line {i}"))
+                    .expect("generator line")
+            })
+            .collect();
+        logs.extend(varied(40));
+        let mut edge = Log {
+            message: String::new(),
+            trace_ip: Some(Vec::new()),
+            tags: Some(vec![String::new(), "é\u{0}x".into()]),
+            args: Some(StringMap::new()),
+            audit: Some(false),
+            auto_index: Some(true),
+            ..Log::default()
+        };
+        edge.extra_fields = Some(StringMap::from([("".into(), "".into())]));
+        logs.push(edge);
+        let refs: Vec<&Log> = logs.iter().collect();
+        let mut rows = LogRows::default();
+        for round in 0..2 {
+            let mut bytes = 0;
+            for group in refs.chunks(13) {
+                bytes += rows.append_rows(group);
+            }
+            assert_eq!(bytes, logs.iter().map(LogColumns::row_bytes).sum::<usize>());
+            assert_eq!((rows.len(), rows.text_bytes()), (logs.len(), bytes));
+            let mut cols = LogColumns::new();
+            cols.append_rows(&refs);
+            let expected = cols.finish().expect("batch");
+            let got = rows.finish().expect("batch");
+            assert_eq!(got, expected, "round {round}");
+            assert_eq!(logs_from_batch(&got).expect("logs"), logs);
+            assert!(rows.is_empty() && rows.text_bytes() == 0);
+        }
+        // Borrowed records go in the same way.
+        let borrowed: Vec<_> = logs.iter().map(Log::borrowed).collect();
+        let brefs: Vec<_> = borrowed.iter().collect();
+        rows.append_rows(&brefs);
+        let got = rows.finish().expect("batch");
+        assert_eq!(logs_from_batch(&got).expect("logs"), logs);
+        // Nothing appended: an empty batch in the schema.
+        assert_eq!(rows.finish().expect("empty").num_rows(), 0);
     }
 
     #[test]
