@@ -1308,6 +1308,20 @@ mod tests {
             .collect()
     }
 
+    /// 300 generator records (seed `seed`: every optional field present or absent, lists,
+    /// maps, unicode) then the 40 hand-made ones of [`varied`].
+    fn generated_and_varied(seed: u64) -> Vec<Log> {
+        let mut g = crate::record::generator::Generator::new(seed);
+        let mut logs: Vec<Log> = (0..300)
+            .map(|i| {
+                crate::record::decode_json_line(&g.next_line(), || format!("line {i}"))
+                    .expect("generator line")
+            })
+            .collect();
+        logs.extend(varied(40));
+        logs
+    }
+
     #[test]
     fn append_counts_what_row_bytes_counts() {
         let mut cols = LogColumns::new();
@@ -1322,14 +1336,7 @@ mod tests {
         // Generator records, the hand-made ones (nulls, empty and absent lists and maps,
         // unicode) and edge cases: the row streams must give the very same batch, count the
         // same bytes, and start over empty after each finish.
-        let mut g = crate::record::generator::Generator::new(5);
-        let mut logs: Vec<Log> = (0..300)
-            .map(|i| {
-                crate::record::decode_json_line(&g.next_line(), || format!("line {i}"))
-                    .expect("generator line")
-            })
-            .collect();
-        logs.extend(varied(40));
+        let mut logs = generated_and_varied(5);
         let mut edge = Log {
             message: String::new(),
             trace_ip: Some(Vec::new()),
@@ -1372,14 +1379,7 @@ mod tests {
     fn rows_appended_together_equal_rows_appended_one_by_one() {
         // Generator records (every optional field present or absent, lists, maps, unicode)
         // and the hand-made ones: column-major appends must build the same batch.
-        let mut g = crate::record::generator::Generator::new(11);
-        let mut logs: Vec<Log> = (0..300)
-            .map(|i| {
-                crate::record::decode_json_line(&g.next_line(), || format!("line {i}"))
-                    .expect("generator line")
-            })
-            .collect();
-        logs.extend(varied(40));
+        let logs = generated_and_varied(11);
         let expected_bytes: usize = logs.iter().map(LogColumns::row_bytes).sum();
         let mut one = LogColumns::new();
         for log in &logs {
