@@ -12,7 +12,7 @@
 //! builder regrowing by copying) took 29% of json2parquet's CPU, against 18% for the
 //! streams plus 5% for building the batches (perf, 200k generator records), and 11% more
 //! CPU in all (medians of 8 alternating runs, 1.49 s vs 1.33 s).
-//!
+
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -26,9 +26,9 @@ use crate::convert::{LogColumns, LogRows, logs_from_batch};
 use crate::error::{Error, Result};
 use crate::record::{Hour, LogOf, LogRef};
 
-/// What a record counts against the bound: its columnar size, plus half for the builders'
-/// spare capacity (they grow by doubling, so on average about 1.4x what they hold is
-/// allocated): the bound then limits the memory really used, not just the data.
+/// What a record counts against the bound: its columnar size, plus half for the row
+/// streams' spare capacity (they grow by doubling, so on average about 1.4x what they hold
+/// is allocated): the bound then limits the memory really used, not just the data.
 pub(crate) fn counted_bytes(row_bytes: usize) -> u32 {
     counted_size(row_bytes).min(u32::MAX as usize) as u32
 }
