@@ -103,19 +103,32 @@ fn map_names() -> MapFieldNames {
     }
 }
 
-fn list_builder(capacity: usize) -> ListBuilder<StringBuilder> {
-    ListBuilder::with_capacity(StringBuilder::with_capacity(0, 0), capacity)
+/// A builder of `list<string>` columns for `rows` rows holding `items` items of `bytes`
+/// bytes in all.
+fn list_builder(rows: usize, items: usize, bytes: usize) -> ListBuilder<StringBuilder> {
+    ListBuilder::with_capacity(StringBuilder::with_capacity(items, bytes), rows)
         .with_field(list_field())
 }
 
 /// A builder of `map<string,string>` columns in the standard Parquet MAP layout (also the
 /// map columns of dynamic records).
 pub(crate) fn map_builder(capacity: usize) -> MapBuilder<StringBuilder, StringBuilder> {
+    map_builder_sized(capacity, 0, 0, 0)
+}
+
+/// [`map_builder`] for `rows` rows holding `entries` entries whose keys take `key_bytes`
+/// and values `value_bytes` in all.
+fn map_builder_sized(
+    rows: usize,
+    entries: usize,
+    key_bytes: usize,
+    value_bytes: usize,
+) -> MapBuilder<StringBuilder, StringBuilder> {
     MapBuilder::with_capacity(
         Some(map_names()),
-        StringBuilder::with_capacity(0, 0),
-        StringBuilder::with_capacity(0, 0),
-        capacity,
+        StringBuilder::with_capacity(entries, key_bytes),
+        StringBuilder::with_capacity(entries, value_bytes),
+        rows,
     )
     .with_values_field(Arc::new(Field::new("value", DataType::Utf8, true)))
 }
@@ -125,7 +138,7 @@ pub fn log_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
-            let list_type = list_builder(0).finish().data_type().clone();
+            let list_type = list_builder(0, 0, 0).finish().data_type().clone();
             let map_type = map_builder(0).finish().data_type().clone();
             let fields: Vec<Field> = COLUMNS
                 .iter()
@@ -279,17 +292,36 @@ impl Default for LogColumns {
 impl LogColumns {
     /// Empty builders.
     pub fn new() -> Self {
+        Self::with_capacities(0, &[0; STRINGS], &[0; 4], &[0; 6])
+    }
+
+    /// Empty builders sized for `rows` rows: `str_bytes` of text per string column,
+    /// `items` items per list column then entries per map column, and `item_bytes` of
+    /// text per list column then per map column's keys and values.
+    fn with_capacities(
+        rows: usize,
+        str_bytes: &[usize; STRINGS],
+        items: &[usize; 4],
+        item_bytes: &[usize; 6],
+    ) -> Self {
         LogColumns {
-            // Start empty: the memory buffer keeps one of these per key.
-            strings: (0..STRINGS)
-                .map(|_| StringBuilder::with_capacity(0, 0))
+            strings: str_bytes
+                .iter()
+                .map(|b| StringBuilder::with_capacity(rows, *b))
                 .collect(),
             bools: [
-                BooleanBuilder::with_capacity(0),
-                BooleanBuilder::with_capacity(0),
+                BooleanBuilder::with_capacity(rows),
+                BooleanBuilder::with_capacity(rows),
             ],
-            lists: [list_builder(0), list_builder(0)],
-            maps: [map_builder(0), map_builder(0)],
+            lists: [0, 1].map(|j| list_builder(rows, items[j], item_bytes[j])),
+            maps: [0, 1].map(|j| {
+                map_builder_sized(
+                    rows,
+                    items[2 + j],
+                    item_bytes[2 + 2 * j],
+                    item_bytes[3 + 2 * j],
+                )
+            }),
             rows: 0,
             text: 0,
         }
@@ -557,8 +589,9 @@ impl LogRows {
             for list in [&r.trace_ip, &r.tags] {
                 match list {
                     Some(items) => {
-                        self.lens.push(stored_count(items.len()));
-                        for item in items.iter().take(stored_count(items.len()) as usize) {
+                        let n = stored_count(items.len());
+                        self.lens.push(n);
+                        for item in items.iter().take(n as usize) {
                             let item = item.as_ref();
                             bytes += item.len() + 4;
                             push_text(&mut self.text, &mut self.lens, item);
@@ -570,8 +603,9 @@ impl LogRows {
             for map in [&r.args, &r.extra_fields] {
                 match map {
                     Some(m) => {
-                        self.lens.push(stored_count(m.len()));
-                        for (k, v) in m.iter().take(stored_count(m.len()) as usize) {
+                        let n = stored_count(m.len());
+                        self.lens.push(n);
+                        for (k, v) in m.iter().take(n as usize) {
                             let (k, v) = (k.as_ref(), v.as_ref());
                             bytes += k.len() + v.len() + 8;
                             push_text(&mut self.text, &mut self.lens, k);
@@ -630,38 +664,7 @@ impl LogRows {
                 }
             }
         }
-        let mut cols = LogColumns {
-            strings: str_bytes
-                .iter()
-                .map(|b| StringBuilder::with_capacity(rows, *b))
-                .collect(),
-            bools: [
-                BooleanBuilder::with_capacity(rows),
-                BooleanBuilder::with_capacity(rows),
-            ],
-            lists: [0, 1].map(|j| {
-                ListBuilder::with_capacity(
-                    StringBuilder::with_capacity(items[j], item_bytes[j]),
-                    rows,
-                )
-                .with_field(list_field())
-            }),
-            maps: [0, 1].map(|j| {
-                MapBuilder::with_capacity(
-                    Some(map_names()),
-                    StringBuilder::with_capacity(items[2 + j], item_bytes[2 + 2 * j]),
-                    StringBuilder::with_capacity(items[2 + j], item_bytes[3 + 2 * j]),
-                    rows,
-                )
-                .with_values_field(Arc::new(Field::new(
-                    "value",
-                    DataType::Utf8,
-                    true,
-                )))
-            }),
-            rows,
-            text: self.counted,
-        };
+        let mut cols = LogColumns::with_capacities(rows, &str_bytes, &items, &item_bytes);
         // Second pass: the values.
         let mut rd = self.reader();
         for _ in 0..rows {
@@ -692,6 +695,8 @@ impl LogRows {
                 let _ = b.append(n != NULL_LEN);
             }
         }
+        cols.rows = rows;
+        cols.text = self.counted;
         *self = LogRows::default();
         cols.finish()
     }

@@ -89,10 +89,6 @@ impl KeyData {
         R: std::ops::Deref<Target = LogOf<S>>,
         S: AsRef<str> + Ord,
     {
-        let incoming: usize = sizes.iter().map(|s| *s as usize).sum();
-        if self.active.text_bytes() + incoming > SEAL_BYTES {
-            self.seal()?;
-        }
         self.rows += records.len();
         self.active.append_rows(records);
         self.active_sizes.extend_from_slice(sizes);
