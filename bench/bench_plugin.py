@@ -7,9 +7,11 @@
    first flush to the end of ExitCtx (the last Parquet file written).
 2. Inside Fluent Bit, when a `fluent-bit` binary is found (env FLUENT_BIT or PATH): the
    same records in a JSON Lines file are tailed (parser json) to `null`, to `file`
-   (`Format plain`: JSON lines, Fluent Bit's own out_file) and to `out_parquet`. The
-   output's cost per record is the run's CPU minus the `null` run's CPU, divided by the
-   records; the ratio out_parquet / out_file is the figure of merit.
+   (`Format plain`: JSON lines, Fluent Bit's own out_file) and to `out_parquet`, with its
+   defaults (every file and directory fsync'd) and with `WriterFileSync false` (the
+   durability of out_file, which never syncs). The output's cost per record is the run's
+   CPU minus the `null` run's CPU, divided by the records; the ratio out_parquet /
+   out_file is the figure of merit.
 
 Prints a summary and ends with one line `RESULT {json}`.
 """
@@ -139,26 +141,36 @@ def main():
         null = fb_run(fb, data, "    Name null", "null")
         file_ = fb_run(fb, data, "    Name   file\n    Path   {work}/out\n    File   out.jsonl\n    Format plain",
                        "file")
-        parquet = fb_run(fb, data, "    Name           out_parquet\n    WriterFilePath {work}/out\n"
-                         "    RecoveryPath   {work}/recovery\n    BufferSize     10000", "parquet")
+        parquet_lines = ("    Name           out_parquet\n    WriterFilePath {work}/out\n"
+                         "    RecoveryPath   {work}/recovery\n    BufferSize     10000")
+        parquet = fb_run(fb, data, parquet_lines, "parquet")
+        # out_file never syncs; the same durability for out_parquet is WriterFileSync false.
+        nosync = fb_run(fb, data, parquet_lines + "\n    WriterFileSync false", "parquet-nosync")
         lines = sum(1 for _ in open(Path(file_["dir"]) / "out" / "out.jsonl"))
-        rows = count_parquet_rows(Path(parquet["dir"]) / "out")
         assert lines == RECORDS, f"out_file wrote {lines} lines"
-        assert rows == RECORDS, f"out_parquet wrote {rows} rows"
-        for name, r in (("null", null), ("file", file_), ("out_parquet", parquet)):
+        for r in (parquet, nosync):
+            rows = count_parquet_rows(Path(r["dir"]) / "out")
+            assert rows == RECORDS, f"out_parquet wrote {rows} rows"
+        for name, r in (("null", null), ("file", file_), ("out_parquet", parquet), ("  no sync", nosync)):
             print(f"  {name:12s} {r['cpu_s']:.2f} s CPU ({r['cpu_s'] / RECORDS * 1e6:.1f} us/record), "
                   f"{r['wall_s']:.1f} s wall, peak RSS {r['peak_rss_mb']:.0f} MB")
         file_cost = (file_["cpu_s"] - null["cpu_s"]) / RECORDS * 1e6
         parquet_cost = (parquet["cpu_s"] - null["cpu_s"]) / RECORDS * 1e6
+        nosync_cost = (nosync["cpu_s"] - null["cpu_s"]) / RECORDS * 1e6
         ratio = parquet_cost / file_cost if file_cost > 0 else float("inf")
+        nosync_ratio = nosync_cost / file_cost if file_cost > 0 else float("inf")
         print(f"  output cost above null: out_file {file_cost:.1f} us/record, "
-              f"out_parquet {parquet_cost:.1f} us/record (ratio {ratio:.2f})")
+              f"out_parquet {parquet_cost:.1f} us/record (ratio {ratio:.2f}; files and directories "
+              f"fsync'd), with WriterFileSync false {nosync_cost:.1f} us/record (ratio {nosync_ratio:.2f}; "
+              f"out_file's durability)")
         result.update({
             "fluent_bit": version,
             "fb_null_us_per_record": round(null["cpu_s"] / RECORDS * 1e6, 2),
             "fb_out_file_us_per_record": round(file_cost, 2),
             "fb_out_parquet_us_per_record": round(parquet_cost, 2),
+            "fb_out_parquet_nosync_us_per_record": round(nosync_cost, 2),
             "parquet_vs_out_file_cpu_ratio": round(ratio, 2),
+            "parquet_nosync_vs_out_file_cpu_ratio": round(nosync_ratio, 2),
             "fb_out_file_peak_rss_mb": round(file_["peak_rss_mb"]),
             "fb_out_parquet_peak_rss_mb": round(parquet["peak_rss_mb"]),
         })

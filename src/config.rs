@@ -166,6 +166,9 @@ pub struct Config {
     pub writer_dictionary: bool,
     /// Write column statistics (min/max/null count).
     pub writer_statistics: bool,
+    /// File writer: `fsync` each file before renaming it into place, and its directory
+    /// after, so a file reported written survives a power loss.
+    pub writer_file_sync: bool,
     /// File writer or S3.
     pub writer_type: WriterType,
     /// Unknown keys seen while parsing (each also logged as a warning).
@@ -218,6 +221,7 @@ impl Default for Config {
             writer_row_group_size: DEFAULT_ROW_GROUP_SIZE,
             writer_dictionary: true,
             writer_statistics: true,
+            writer_file_sync: true,
             writer_type: WriterType::File,
             unknown_keys: Vec::new(),
             lock_ttl_set: false,
@@ -295,6 +299,7 @@ pub const FLUENT_BIT_KEYS: &[&str] = &[
     "WriterCompressionLevel",
     "WriterDictionary",
     "WriterFilePath",
+    "WriterFileSync",
     "WriterRowGroupSize",
     "WriterStatistics",
     "WriterType",
@@ -577,6 +582,7 @@ impl Config {
             "writerdictionary" => self.writer_dictionary = as_bool(key, value)?,
             "writerstatistics" => self.writer_statistics = as_bool(key, value)?,
             "writerfilepath" => self.writer_file_path = as_string(value),
+            "writerfilesync" => self.writer_file_sync = as_bool(key, value)?,
             "writerrowgroupsize" => {
                 self.writer_row_group_size = match size_text(value) {
                     Some(n) if n >= 1024 => n,
@@ -686,6 +692,7 @@ mod tests {
         assert_eq!(c.writer_file_path, "./out");
         assert_eq!(c.writer_compression, Compression::Snappy);
         assert_eq!(c.writer_row_group_size, 134_217_728);
+        assert!(c.writer_file_sync, "files are synced unless told otherwise");
         assert_eq!(
             (
                 c.redis_data_prefix.as_str(),
@@ -730,8 +737,10 @@ mod tests {
             ("WriterCompressionType", "ZSTD"),
             ("WriterCompressionLevel", "9"),
             ("redis-lock-ttl", "3"),
+            ("writer-file-sync", "OFF"),
         ])
         .expect("valid");
+        assert!(!c.writer_file_sync);
         assert_eq!(c.buffer_size, 7);
         assert_eq!(c.writer_type, WriterType::AwsS3);
         assert_eq!(c.writer_compression, Compression::Zstd(9));
@@ -749,7 +758,7 @@ mod tests {
                 "WriterRowGroupSize" => "1048576",
                 "WriterCompressionLevel" => "3",
                 "Debug" | "TryAutoRecover" | "RedisSkipFlush" | "WriterDictionary"
-                | "WriterStatistics" => "true",
+                | "WriterStatistics" | "WriterFileSync" => "true",
                 "BufferType" => "mem",
                 "WriterType" => "file",
                 "RecordType" => "log",

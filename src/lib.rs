@@ -51,9 +51,10 @@ pub fn build_buffer(config: &Config) -> Result<Arc<dyn Buffer>> {
 /// Builds the writer a configuration names.
 pub fn build_writer(config: &Config) -> Result<Arc<dyn Writer>> {
     match config.writer_type {
-        WriterType::File => Ok(Arc::new(writer::file::FileWriter::new(
-            &config.writer_file_path,
-        ))),
+        WriterType::File => Ok(Arc::new(
+            writer::file::FileWriter::new(&config.writer_file_path)
+                .with_sync(config.writer_file_sync),
+        )),
         WriterType::AwsS3 => Ok(Arc::new(writer::s3::S3Writer::new(config)?)),
     }
 }

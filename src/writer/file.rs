@@ -1,6 +1,7 @@
 //! The file writer (`WriterType = file`): files under `WriterFilePath`, written to a
-//! temporary file in the same directory, synced, then renamed into place, so no reader
-//! ever sees half a file.
+//! temporary file in the same directory, then renamed into place, so no reader ever sees
+//! half a file. With `WriterFileSync` (the default) the file is synced before the rename
+//! and its directory after it: a write reported done survives a power loss.
 
 use std::collections::HashSet;
 use std::fs;
@@ -17,15 +18,28 @@ pub struct FileWriter {
     root: PathBuf,
     /// Directories already created (saves a `mkdir` per file; re-created if removed).
     made: Mutex<HashSet<PathBuf>>,
+    /// `fsync` each file and, after the rename, its directory.
+    sync: bool,
 }
 
 impl FileWriter {
-    /// A writer rooted at `root` (created by [`Writer::init`]).
+    /// A writer rooted at `root` (created by [`Writer::init`]) that syncs every file and
+    /// its directory (`WriterFileSync = true`).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         FileWriter {
             root: root.into(),
             made: Mutex::new(HashSet::new()),
+            sync: true,
         }
+    }
+
+    /// Whether files and their directories are synced (`WriterFileSync`). Without it a
+    /// written file is complete and atomic for every reader, and reaches the disk when
+    /// the kernel writes it back (as Fluent Bit's `out_file` does): a power loss in that
+    /// window (about 30 s by default on Linux) can lose it.
+    pub fn with_sync(mut self, sync: bool) -> Self {
+        self.sync = sync;
+        self
     }
 
     /// The path `name` maps to, refusing anything that could leave the root.
@@ -77,8 +91,15 @@ impl Writer for FileWriter {
         let attempt = || -> std::io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
+            if self.sync {
+                f.sync_all()?;
+            }
+            fs::rename(&tmp, &path)?;
+            if self.sync {
+                // The rename itself is only durable once the directory is.
+                fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         };
         let mut result = attempt();
         if matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::NotFound) {
@@ -114,21 +135,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writes_atomically_and_replaces() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let w = FileWriter::new(dir.path().join("out"));
-        w.init().expect("init");
-        assert!(w.is_ready());
-        w.write("a/b/c.parquet", b"one").expect("write");
-        w.write("a/b/c.parquet", b"two").expect("rewrite");
-        let p = dir.path().join("out/a/b/c.parquet");
-        assert_eq!(fs::read(&p).expect("read"), b"two");
-        let leftovers: Vec<_> = fs::read_dir(p.parent().expect("dir"))
-            .expect("ls")
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty());
+    fn writes_atomically_and_replaces_with_and_without_sync() {
+        for sync in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let w = FileWriter::new(dir.path().join("out")).with_sync(sync);
+            w.init().expect("init");
+            assert!(w.is_ready());
+            w.write("a/b/c.parquet", b"one").expect("write");
+            w.write("a/b/c.parquet", b"two").expect("rewrite");
+            w.write("a/d.parquet", b"three").expect("write");
+            let p = dir.path().join("out/a/b/c.parquet");
+            assert_eq!(fs::read(&p).expect("read"), b"two", "sync {sync}");
+            assert_eq!(
+                fs::read(dir.path().join("out/a/d.parquet")).expect("read"),
+                b"three"
+            );
+            let leftovers: Vec<_> = fs::read_dir(p.parent().expect("dir"))
+                .expect("ls")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .collect();
+            assert!(leftovers.is_empty(), "sync {sync}: {leftovers:?}");
+        }
     }
 
     #[test]
