@@ -51,10 +51,17 @@ pub fn build_buffer(config: &Config) -> Result<Arc<dyn Buffer>> {
 /// Builds the writer a configuration names.
 pub fn build_writer(config: &Config) -> Result<Arc<dyn Writer>> {
     match config.writer_type {
-        WriterType::File => Ok(Arc::new(
-            writer::file::FileWriter::new(&config.writer_file_path)
-                .with_sync(config.writer_file_sync),
-        )),
+        WriterType::File => {
+            let w = writer::file::FileWriter::new(&config.writer_file_path)
+                .with_sync(config.writer_file_sync);
+            if !config.writer_file_sync {
+                log::info!(
+                    "file writer {}: files are not fsync'd (WriterFileSync false); the kernel writes them back",
+                    w.target()
+                );
+            }
+            Ok(Arc::new(w))
+        }
         WriterType::AwsS3 => Ok(Arc::new(writer::s3::S3Writer::new(config)?)),
     }
 }

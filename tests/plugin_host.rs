@@ -508,7 +508,12 @@ fn two_instances_every_encoding_read_back_exactly() {
     let b = h
         .init(
             &tmp.path().join("b"),
-            &[("writercompressiontype", "gzip"), ("FLUSHINTERVAL", "1")],
+            &[
+                ("writercompressiontype", "gzip"),
+                ("FLUSHINTERVAL", "1"),
+                // Files left to the kernel's writeback: still complete and all there.
+                ("WriterFileSync", "off"),
+            ],
         )
         .expect("init b");
     let mut want_a = Vec::new();
@@ -523,6 +528,10 @@ fn two_instances_every_encoding_read_back_exactly() {
     }
     let dir_a = h.exit(a);
     let dir_b = h.exit(b);
+    // The key reached b's writer (and only b's).
+    let (path_a, path_b) = (dir_a.display().to_string(), dir_b.display().to_string());
+    assert!(logged(&["WriterFileSync false", &format!("{path_b}: ")]));
+    assert!(!logged(&["WriterFileSync false", &format!("{path_a}: ")]));
     assert_eq!(messages_in(&dir_a), sorted(want_a));
     assert_eq!(messages_in(&dir_b), sorted(want_b));
 
