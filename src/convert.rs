@@ -42,6 +42,10 @@ const DICTIONARY_COLUMNS: &[&str] = &[
     "ttl",
     "logger_name",
     "thread_name",
+    // Leaves of the nested columns: a handful of map keys and tags in every file.
+    "args.key_value.key",
+    "extra_fields.key_value.key",
+    "tags.list.element",
 ];
 
 /// Required (non-null) string columns: the seed's non-pointer fields.
@@ -882,6 +886,11 @@ const NO_STATISTICS_COLUMNS: &[&str] = &[
     "extra_fields.key_value.value",
 ];
 
+/// The Parquet path of a leaf column written with dots (`args.key_value.key`).
+fn leaf_path(col: &str) -> ColumnPath {
+    ColumnPath::new(col.split('.').map(String::from).collect())
+}
+
 /// Parquet writer settings derived from the configuration.
 #[derive(Debug, Clone)]
 pub struct EncodeOptions {
@@ -911,12 +920,11 @@ impl EncodeOptions {
     fn properties(&self, one_page: bool) -> Result<WriterProperties> {
         let mut b = self.base(one_page)?.set_dictionary_enabled(false);
         for col in NO_STATISTICS_COLUMNS {
-            let path = ColumnPath::new(col.split('.').map(String::from).collect());
-            b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
+            b = b.set_column_statistics_enabled(leaf_path(col), EnabledStatistics::None);
         }
         if self.dictionary {
             for col in DICTIONARY_COLUMNS {
-                b = b.set_column_dictionary_enabled(ColumnPath::from(*col), true);
+                b = b.set_column_dictionary_enabled(leaf_path(col), true);
             }
         }
         Ok(b.build())

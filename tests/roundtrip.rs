@@ -191,6 +191,17 @@ fn every_column_round_trips_through_both_readers() {
     );
     let msg_enc = cols["message"][1].to_string();
     assert!(!msg_enc.contains("DICTIONARY"), "message is not: {msg_enc}");
+    // The leaves of nested columns with a handful of values are too.
+    for col in [
+        "args.key_value.key",
+        "extra_fields.key_value.key",
+        "tags.list.element",
+    ] {
+        let enc = cols[col][1].to_string();
+        assert!(enc.contains("DICTIONARY"), "{col} is: {enc}");
+    }
+    let enc = cols["args.key_value.value"][1].to_string();
+    assert!(!enc.contains("DICTIONARY"), "map values are not: {enc}");
     assert_eq!(cols["level"][2], true, "statistics written");
     assert_eq!(cols["correlation_id"][2], true, "statistics written");
     // Free text gets none: its bounds would never let a reader skip anything.
