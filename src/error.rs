@@ -28,12 +28,14 @@ pub enum Error {
         reason: String,
     },
     /// The buffer holds as much as it may; the caller should retry later (backpressure).
-    #[error("buffer full: {used} of {limit} bytes in use; retry later")]
+    #[error("buffer full: {used} of {limit} bytes in use{}; retry later", recovery_note(*.recovery))]
     BufferFull {
         /// Bytes currently held.
         used: usize,
         /// The configured bound (`BufferMaxBytes`).
         limit: usize,
+        /// Of `used`, files whose write failed, waiting in the recovery bucket.
+        recovery: usize,
     },
     /// The buffer backend cannot be reached right now (for example Redis is down).
     #[error("buffer unavailable: {0}")]
@@ -74,6 +76,18 @@ pub enum Error {
     /// The engine has been closed and takes no more records.
     #[error("the receiver is closed")]
     Closed,
+}
+
+/// The part of a [`Error::BufferFull`] message that says how much of the buffer failed
+/// writes hold (nothing when they hold none).
+fn recovery_note(recovery: usize) -> String {
+    if recovery == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({recovery} of them files whose write failed, waiting in the recovery bucket to be re-sent)"
+        )
+    }
 }
 
 impl Error {
@@ -117,7 +131,26 @@ mod tests {
 
     #[test]
     fn retryable_classification() {
-        assert!(Error::BufferFull { used: 2, limit: 1 }.is_retryable());
+        let full = Error::BufferFull {
+            used: 2,
+            limit: 1,
+            recovery: 0,
+        };
+        assert!(full.is_retryable());
+        assert_eq!(
+            full.to_string(),
+            "buffer full: 2 of 1 bytes in use; retry later"
+        );
+        let held_back = Error::BufferFull {
+            used: 900,
+            limit: 1000,
+            recovery: 700,
+        };
+        assert_eq!(
+            held_back.to_string(),
+            "buffer full: 900 of 1000 bytes in use (700 of them files whose write failed, \
+             waiting in the recovery bucket to be re-sent); retry later"
+        );
         assert!(Error::BufferUnavailable("down".into()).is_retryable());
         assert!(!Error::config("BufferSize", "x", "a number").is_retryable());
         assert!(!Error::Closed.is_retryable());

@@ -307,6 +307,146 @@ fn recovery_attempts_bound_the_retries() {
     assert_eq!(common::parquet_files(&dir.path().join("recovery")).len(), 1);
 }
 
+/// A message that snappy cannot shrink much (hex of a simple generator), so that the
+/// encoded file of a batch holds about what its records did.
+fn incompressible(i: usize, len: usize) -> String {
+    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut out = format!("{i} ");
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push_str(&format!("{x:016x}"));
+    }
+    out
+}
+
+/// With the memory buffer and `TryAutoRecover` off (the default), files whose write
+/// failed stay counted against the bound; once they keep the buffer three quarters full,
+/// the background tick re-sends them anyway, so a target that was down for a while does
+/// not leave the buffer refusing every push until close.
+#[test]
+fn failed_writes_filling_the_buffer_are_resent_without_try_auto_recover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let (r, _clock) = engine(
+        dir.path(),
+        &[("BufferSize", "100000"), ("BufferMaxBytes", "1M")],
+    );
+    let mut accepted = 0;
+    for i in 0..100_000 {
+        let mut l = log("a:b:c:d", i);
+        l.message = incompressible(i, 1000);
+        if r.push(vec![l], Vec::new()).is_err() {
+            break;
+        }
+        accepted += 1;
+    }
+    assert!(accepted > 300, "{accepted}");
+    std::fs::write(out.join("capability=a"), b"blocker").expect("blocker");
+    let report = r.flush().expect("flush");
+    assert_eq!(report.records_to_recovery, accepted as u64);
+    // The failed file holds most of the bound; new records fill the rest.
+    let held = r.stats().buffer_bytes;
+    assert!(held > 512 << 10, "the failed file is counted: {held}");
+    for i in 100_000..200_000 {
+        let mut l = log("a:b:c:d", i);
+        l.message = incompressible(i, 1000);
+        if r.push(vec![l], Vec::new()).is_err() {
+            break;
+        }
+        accepted += 1;
+    }
+    let mut late = log("a:b:c:d", 999_999);
+    late.message = incompressible(999_999, 1000);
+    let refused = r
+        .push(vec![late.clone()], Vec::new())
+        .expect_err("the failed file keeps the buffer full");
+    assert!(refused.is_retryable());
+    assert!(
+        refused
+            .to_string()
+            .contains("of them files whose write failed, waiting in the recovery bucket"),
+        "{refused}"
+    );
+    // Still down: the tick tries, keeps the file, and the buffer stays full.
+    r.tick().expect("tick");
+    assert_eq!(r.stats().recovery_backlog, 1);
+    assert_eq!(r.stats().recovered, 0);
+    // Back up: the next tick re-sends although TryAutoRecover is off, and pushes go in.
+    std::fs::remove_file(out.join("capability=a")).expect("unblock");
+    r.tick().expect("tick");
+    let stats = r.stats();
+    assert_eq!((stats.recovery_backlog, stats.recovered), (0, 1));
+    assert_eq!(stats.files_written, 1, "the re-sent file counts as written");
+    assert!(
+        stats.records_written > 300,
+        "re-sent records count as written: {}",
+        stats.records_written
+    );
+    r.push(vec![late], Vec::new()).expect("room again");
+    r.close().expect("close");
+    let seen = messages(&out);
+    assert_eq!(seen.len(), accepted + 1, "every accepted record written");
+    assert!(seen.values().all(|n| *n == 1), "each once");
+    assert_eq!(r.stats().records_written, accepted as u64 + 1);
+}
+
+/// A target that is down costs one write attempt per re-send round, not one per file
+/// waiting (each can take a network timeout), the file that failed waits behind the
+/// others, and at close with the target still down every file is kept on local disk.
+#[test]
+fn a_down_target_costs_one_attempt_per_round_and_close_keeps_every_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(
+        dir.path(),
+        &[("BufferSize", "1000"), ("TryAutoRecover", "true")],
+    );
+    let out = dir.path().join("out");
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
+            .single()
+            .expect("date"),
+    ));
+    let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
+    let writer = Arc::new(FileWriter::new(&c.writer_file_path));
+    let r = Receiver::new(c, buffer.clone(), writer, clock, Background::Manual).expect("engine");
+    for (k, key) in ["a:b:c:d", "a:x:c:d", "a:y:c:d"].iter().enumerate() {
+        r.push((0..5).map(|i| log(key, k * 10 + i)).collect(), Vec::new())
+            .expect("push");
+    }
+    std::fs::write(out.join("capability=a"), b"blocker").expect("blocker");
+    assert_eq!(r.flush().expect("flush").records_to_recovery, 15);
+    use data2parquet::buffer::Buffer;
+    let attempts = || {
+        let mut a: Vec<u32> = buffer
+            .get_recovery()
+            .expect("recovery")
+            .iter()
+            .map(|i| i.attempts)
+            .collect();
+        a.sort();
+        a
+    };
+    // `flush` re-sends too (TryAutoRecover): one attempt in that round.
+    assert_eq!(attempts(), vec![1, 1, 2]);
+    r.tick().expect("tick");
+    assert_eq!(
+        attempts(),
+        vec![1, 2, 2],
+        "the next round tried another file"
+    );
+    r.tick().expect("tick");
+    assert_eq!(attempts(), vec![2, 2, 2]);
+    let report = r.close().expect("close keeps the files");
+    assert_eq!(report.records_to_recovery, 0);
+    assert_eq!(r.stats().recovery_spilled, 3);
+    let kept = common::parquet_files(&dir.path().join("recovery"));
+    assert_eq!(kept.len(), 3);
+    assert_eq!(common::rows_with_parquet_crate(&kept).len(), 15);
+    assert_eq!(common::rows_with_pyarrow(&kept).0.len(), 15);
+}
+
 #[test]
 fn memory_bound_gives_backpressure_then_accepts_after_flush() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -140,7 +140,8 @@ fn every_buffer_operation() {
         id: "r1".into(),
         key: "k1".into(),
         name: "n".into(),
-        data: vec![1, 2, 255],
+        data: vec![1, 2, 255].into(),
+        records: 2,
         attempts: 1,
         last_error: "e".into(),
     };

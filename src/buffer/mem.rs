@@ -124,6 +124,8 @@ pub struct MemBuffer {
     hasher: std::collections::hash_map::RandomState,
     side: Mutex<Side>,
     bytes: AtomicUsize,
+    /// Of `bytes`, what the recovery bucket holds.
+    recovery_bytes: AtomicUsize,
     max_bytes: usize,
 }
 
@@ -135,6 +137,7 @@ impl MemBuffer {
             hasher: std::collections::hash_map::RandomState::new(),
             side: Mutex::new(Side::default()),
             bytes: AtomicUsize::new(0),
+            recovery_bytes: AtomicUsize::new(0),
             max_bytes,
         }
     }
@@ -158,7 +161,11 @@ impl MemBuffer {
                 (used == 0 || fits || large_and_room).then(|| used.saturating_add(added))
             })
             .map(|_| ())
-            .map_err(|used| Error::BufferFull { used, limit: max })
+            .map_err(|used| Error::BufferFull {
+                used,
+                limit: max,
+                recovery: self.recovery_bytes.load(Ordering::Acquire),
+            })
     }
 
     /// Admits a push's `records_bytes` together with its dead letters, and queues those.
@@ -411,6 +418,8 @@ impl Buffer for MemBuffer {
     fn push_recovery(&self, item: RecoveryItem) -> Result<()> {
         // Recovery data is already held elsewhere until here: it is counted, never refused.
         self.bytes.fetch_add(item.data.len(), Ordering::AcqRel);
+        self.recovery_bytes
+            .fetch_add(item.data.len(), Ordering::AcqRel);
         self.side.lock().recovery.push(item);
         Ok(())
     }
@@ -429,6 +438,8 @@ impl Buffer for MemBuffer {
         };
         if let Some(item) = removed {
             self.release(item.data.len());
+            self.recovery_bytes
+                .fetch_sub(item.data.len(), Ordering::AcqRel);
         }
         Ok(())
     }
@@ -460,6 +471,10 @@ impl Buffer for MemBuffer {
 
     fn bytes_used(&self) -> usize {
         self.bytes.load(Ordering::Acquire)
+    }
+
+    fn recovery_bytes(&self) -> usize {
+        self.recovery_bytes.load(Ordering::Acquire)
     }
 
     fn close(&self) -> Result<()> {
@@ -672,7 +687,8 @@ mod tests {
             id: "1".into(),
             key: "k".into(),
             name: "n".into(),
-            data: vec![1, 2, 3],
+            data: vec![1, 2, 3].into(),
+            records: 3,
             attempts: 1,
             last_error: "e".into(),
         };
@@ -773,7 +789,8 @@ mod tests {
             id: "1".into(),
             key: "k".into(),
             name: "n".into(),
-            data: vec![0, 255, 16],
+            data: vec![0, 255, 16].into(),
+            records: 1,
             attempts: 2,
             last_error: "e".into(),
         };
@@ -781,5 +798,9 @@ mod tests {
         assert!(text.contains("00ff10"));
         let back: RecoveryItem = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, item);
+        // Items kept (in Redis) before the record count was stored still load.
+        let old = r#"{"id":"2","key":"k","name":"n","data":"0a","attempts":1,"last_error":"e"}"#;
+        let back: RecoveryItem = serde_json::from_str(old).expect("parse an older item");
+        assert_eq!((back.records, &back.data[..]), (0, &[10u8][..]));
     }
 }

@@ -50,9 +50,13 @@ pub struct RecoveryItem {
     pub key: String,
     /// Object name (relative path) the data must be written under.
     pub name: String,
-    /// The encoded file (Parquet, or NDJSON for DLQ files).
+    /// The encoded file (Parquet, or NDJSON for DLQ files). Shared, not copied, when the
+    /// bucket is read for a re-send.
     #[serde(with = "serde_bytes_hex")]
-    pub data: Vec<u8>,
+    pub data: bytes::Bytes,
+    /// Records in the file (0 for DLQ files, and for items stored before this was kept).
+    #[serde(default)]
+    pub records: u64,
     /// Write attempts made so far.
     pub attempts: u32,
     /// The last error.
@@ -73,7 +77,7 @@ mod serde_bytes_hex {
         s.serialize_str(&out)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
         let text = String::deserialize(d)?;
         let bytes = text.as_bytes();
         if bytes.len() % 2 != 0 {
@@ -90,7 +94,8 @@ mod serde_bytes_hex {
         bytes
             .chunks(2)
             .map(|p| Ok((nibble(p[0])? << 4) | nibble(p[1])?))
-            .collect()
+            .collect::<Result<Vec<u8>, D::Error>>()
+            .map(bytes::Bytes::from)
     }
 }
 
@@ -146,6 +151,11 @@ pub trait Buffer: Send + Sync {
     fn is_ready(&self) -> bool;
     /// Approximate bytes held (records, DLQ and recovery data), for metrics and bounds.
     fn bytes_used(&self) -> usize;
+    /// Bytes of [`Buffer::bytes_used`] that are recovery data (files whose write failed),
+    /// for a buffer that counts them against its bound; 0 for one that does not.
+    fn recovery_bytes(&self) -> usize {
+        0
+    }
     /// Releases resources. Buffered data stays where it is (memory data is flushed by the
     /// receiver before this is called).
     fn close(&self) -> Result<()>;

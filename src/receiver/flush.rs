@@ -389,7 +389,8 @@ impl Inner {
                     id: ulid::Ulid::generate().to_string(),
                     key: key.to_string(),
                     name: name.to_string(),
-                    data,
+                    data: data.into(),
+                    records,
                     attempts: 1,
                     last_error: e.to_string(),
                 };
@@ -399,8 +400,12 @@ impl Inner {
                     "{e}; {records} records kept in the recovery bucket{}",
                     if self.config.try_auto_recover {
                         ", will re-send"
+                    } else if self.buffer.durable() {
+                        " (TryAutoRecover is off: re-sent at close, by an instance that has it on, \
+                         or by `d2p-admin recovery replay`)"
                     } else {
-                        " (TryAutoRecover is off: they are kept until close, then on local disk)"
+                        " (TryAutoRecover is off: re-sent at close, or when the buffer is three \
+                         quarters full; what still fails at close is kept on local disk)"
                     }
                 );
                 Ok(())
@@ -477,17 +482,45 @@ impl Inner {
         }
     }
 
-    /// Re-sends recovery items. With `closing`, items that still fail are kept on local
-    /// disk when the buffer is not durable. Returns the number written.
+    /// Re-sends recovery items, oldest first. A retryable failure (the target is down)
+    /// ends the round: that item goes to the back of the bucket and the others are not
+    /// tried until the next round, so a dead target costs one attempt a round, not one per
+    /// item (each can take a network timeout). With `closing`, the items that are not
+    /// written are kept on local disk when the buffer is not durable. Returns the number
+    /// written.
     pub(super) fn resend_recovery(&self, closing: bool) -> Result<usize> {
         let _serial = self.recovery_lock.lock();
-        let items = self.buffer.get_recovery()?;
+        let mut items = self.buffer.get_recovery()?;
+        // Fewest attempts first, then oldest (ids are ULIDs): an item that failed waits
+        // behind the others, whatever order the store returns them in.
+        items.sort_by(|a, b| (a.attempts, &a.id).cmp(&(b.attempts, &b.id)));
         let mut written = 0;
+        let mut target_down = false;
         for mut item in items {
+            if target_down {
+                if !closing {
+                    break;
+                }
+                if !self.buffer.durable() {
+                    self.spill(&item)?;
+                    self.buffer.remove_recovery(&item.id)?;
+                }
+                continue;
+            }
             match self.writer.write(&item.name, &item.data) {
                 Ok(()) => {
                     self.buffer.remove_recovery(&item.id)?;
                     self.counters.recovered.fetch_add(1, Ordering::Relaxed);
+                    // Counted like a file written at the first attempt.
+                    let files = if item.name.ends_with(".parquet") {
+                        &self.counters.files_written
+                    } else {
+                        &self.counters.dlq_files_written
+                    };
+                    files.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .records_written
+                        .fetch_add(item.records, Ordering::Relaxed);
                     self.counters
                         .bytes_written
                         .fetch_add(item.data.len() as u64, Ordering::Relaxed);
@@ -499,6 +532,7 @@ impl Inner {
                     );
                 }
                 Err(e) => {
+                    target_down = e.is_retryable();
                     item.attempts += 1;
                     item.last_error = e.to_string();
                     let exhausted = self.config.recovery_attempts > 0
@@ -556,7 +590,8 @@ impl Inner {
                     ulid::Ulid::generate(),
                     crate::naming::escape_segment(&key)
                 ),
-                data,
+                data: data.into(),
+                records: records.len() as u64,
                 attempts: 0,
                 last_error: "not flushed before close".into(),
             };

@@ -887,9 +887,19 @@ impl Inner {
             }
             self.drain_dlq()?;
         }
-        if self.config.try_auto_recover {
+        if self.config.try_auto_recover || self.recovery_holds_input_back() {
             self.resend_recovery(false)?;
         }
         Ok(report)
+    }
+
+    /// The memory buffer is three quarters full and part of it is files whose write
+    /// failed: flushing records cannot make room for them, and without a re-send the
+    /// buffer could refuse every push until close (Fluent Bit would retry, then drop its
+    /// chunks), so they are re-sent even when `TryAutoRecover` is off.
+    fn recovery_holds_input_back(&self) -> bool {
+        !self.buffer.durable()
+            && self.buffer.recovery_bytes() > 0
+            && self.buffer.bytes_used() > self.config.buffer_max_bytes / 4 * 3
     }
 }

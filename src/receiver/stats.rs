@@ -30,11 +30,11 @@ pub(super) struct Counters {
 pub struct Stats {
     /// Records accepted into the buffer.
     pub records_in: u64,
-    /// Records written to Parquet files.
+    /// Records written to Parquet files (re-sent recovery files included).
     pub records_written: u64,
     /// Records and inputs sent to the dead-letter queue.
     pub records_dlq: u64,
-    /// Parquet files written.
+    /// Parquet files written (re-sent recovery files included).
     pub files_written: u64,
     /// Bytes of Parquet and DLQ files written.
     pub bytes_written: u64,
@@ -42,7 +42,7 @@ pub struct Stats {
     pub dlq_files_written: u64,
     /// Writes that failed (their data went to the recovery bucket).
     pub write_failures: u64,
-    /// Recovery items written on a later attempt.
+    /// Recovery items written on a later attempt (also counted in the files written).
     pub recovered: u64,
     /// Recovery items kept on local disk because they could not be written.
     pub recovery_spilled: u64,
