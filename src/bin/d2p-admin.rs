@@ -206,7 +206,7 @@ fn run(args: &Args) -> data2parquet::Result<()> {
             for item in buffer.get_recovery()? {
                 println!(
                     "{}",
-                    serde_json::json!({"id": item.id, "name": item.name, "key": item.key, "bytes": item.data.len(), "attempts": item.attempts, "last_error": item.last_error})
+                    serde_json::json!({"id": item.id, "name": item.name, "key": item.key, "bytes": item.data.len(), "records": item.records, "attempts": item.attempts, "last_error": item.last_error})
                 );
             }
             for f in files_under(&recovery_path) {
