@@ -37,6 +37,16 @@ fn engine_with(
     extra: &[(&str, &str)],
     background: Background,
 ) -> (Receiver, Arc<ManualClock>) {
+    let (r, clock, _buffer) = engine_parts(dir, extra, background);
+    (r, clock)
+}
+
+/// The engine, its clock and its buffer (to look inside it).
+fn engine_parts(
+    dir: &Path,
+    extra: &[(&str, &str)],
+    background: Background,
+) -> (Receiver, Arc<ManualClock>, Arc<MemBuffer>) {
     let c = config(dir, extra);
     let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
@@ -45,8 +55,8 @@ fn engine_with(
     ));
     let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
     let writer = Arc::new(FileWriter::new(&c.writer_file_path));
-    let r = Receiver::new(c, buffer, writer, clock.clone(), background).expect("engine");
-    (r, clock)
+    let r = Receiver::new(c, buffer.clone(), writer, clock.clone(), background).expect("engine");
+    (r, clock, buffer)
 }
 
 fn log(key: &str, i: usize) -> Log {
@@ -333,15 +343,18 @@ fn failed_writes_filling_the_buffer_are_resent_without_try_auto_recover() {
         dir.path(),
         &[("BufferSize", "100000"), ("BufferMaxBytes", "1M")],
     );
-    let mut accepted = 0;
-    for i in 0..100_000 {
+    let big = |i: usize| {
         let mut l = log("a:b:c:d", i);
         l.message = incompressible(i, 1000);
-        if r.push(vec![l], Vec::new()).is_err() {
-            break;
-        }
-        accepted += 1;
-    }
+        l
+    };
+    // Pushes records numbered from `from` until the buffer refuses one; how many went in.
+    let fill = |from: usize| {
+        (from..)
+            .take_while(|&i| r.push(vec![big(i)], Vec::new()).is_ok())
+            .count()
+    };
+    let mut accepted = fill(0);
     assert!(accepted > 300, "{accepted}");
     std::fs::write(out.join("capability=a"), b"blocker").expect("blocker");
     let report = r.flush().expect("flush");
@@ -349,16 +362,8 @@ fn failed_writes_filling_the_buffer_are_resent_without_try_auto_recover() {
     // The failed file holds most of the bound; new records fill the rest.
     let held = r.stats().buffer_bytes;
     assert!(held > 512 << 10, "the failed file is counted: {held}");
-    for i in 100_000..200_000 {
-        let mut l = log("a:b:c:d", i);
-        l.message = incompressible(i, 1000);
-        if r.push(vec![l], Vec::new()).is_err() {
-            break;
-        }
-        accepted += 1;
-    }
-    let mut late = log("a:b:c:d", 999_999);
-    late.message = incompressible(999_999, 1000);
+    accepted += fill(100_000);
+    let late = big(999_999);
     let refused = r
         .push(vec![late.clone()], Vec::new())
         .expect_err("the failed file keeps the buffer full");
@@ -398,19 +403,12 @@ fn failed_writes_filling_the_buffer_are_resent_without_try_auto_recover() {
 #[test]
 fn a_down_target_costs_one_attempt_per_round_and_close_keeps_every_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(
+    let out = dir.path().join("out");
+    let (r, _clock, buffer) = engine_parts(
         dir.path(),
         &[("BufferSize", "1000"), ("TryAutoRecover", "true")],
+        Background::Manual,
     );
-    let out = dir.path().join("out");
-    let clock = Arc::new(ManualClock::new(
-        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
-            .single()
-            .expect("date"),
-    ));
-    let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
-    let writer = Arc::new(FileWriter::new(&c.writer_file_path));
-    let r = Receiver::new(c, buffer.clone(), writer, clock, Background::Manual).expect("engine");
     for (k, key) in ["a:b:c:d", "a:x:c:d", "a:y:c:d"].iter().enumerate() {
         r.push((0..5).map(|i| log(key, k * 10 + i)).collect(), Vec::new())
             .expect("push");
