@@ -124,8 +124,6 @@ pub struct MemBuffer {
     hasher: std::collections::hash_map::RandomState,
     side: Mutex<Side>,
     bytes: AtomicUsize,
-    /// Of `bytes`, what the recovery bucket holds.
-    recovery_bytes: AtomicUsize,
     max_bytes: usize,
 }
 
@@ -137,7 +135,6 @@ impl MemBuffer {
             hasher: std::collections::hash_map::RandomState::new(),
             side: Mutex::new(Side::default()),
             bytes: AtomicUsize::new(0),
-            recovery_bytes: AtomicUsize::new(0),
             max_bytes,
         }
     }
@@ -164,7 +161,7 @@ impl MemBuffer {
             .map_err(|used| Error::BufferFull {
                 used,
                 limit: max,
-                recovery: self.recovery_bytes.load(Ordering::Acquire),
+                recovery: Buffer::recovery_bytes(self),
             })
     }
 
@@ -418,8 +415,6 @@ impl Buffer for MemBuffer {
     fn push_recovery(&self, item: RecoveryItem) -> Result<()> {
         // Recovery data is already held elsewhere until here: it is counted, never refused.
         self.bytes.fetch_add(item.data.len(), Ordering::AcqRel);
-        self.recovery_bytes
-            .fetch_add(item.data.len(), Ordering::AcqRel);
         self.side.lock().recovery.push(item);
         Ok(())
     }
@@ -438,8 +433,6 @@ impl Buffer for MemBuffer {
         };
         if let Some(item) = removed {
             self.release(item.data.len());
-            self.recovery_bytes
-                .fetch_sub(item.data.len(), Ordering::AcqRel);
         }
         Ok(())
     }
@@ -474,7 +467,7 @@ impl Buffer for MemBuffer {
     }
 
     fn recovery_bytes(&self) -> usize {
-        self.recovery_bytes.load(Ordering::Acquire)
+        self.side.lock().recovery.iter().map(|i| i.data.len()).sum()
     }
 
     fn close(&self) -> Result<()> {

@@ -542,8 +542,8 @@ impl Receiver {
         // background so that reading and writing overlap instead of taking turns at the
         // bound. Not earlier: every key flushed under pressure is a file, and the fuller the
         // buffer when they are picked, the bigger (and fewer) those files are.
-        let mut any_due = inner.buffer.bytes_used() > inner.config.buffer_max_bytes / 4 * 3
-            && !inner.pressure.swap(true, Ordering::AcqRel);
+        let mut any_due =
+            inner.past_pressure_mark() && !inner.pressure.swap(true, Ordering::AcqRel);
         {
             let mut first = inner.first_seen.lock();
             for key in keys {
@@ -898,8 +898,12 @@ impl Inner {
     /// buffer could refuse every push until close (Fluent Bit would retry, then drop its
     /// chunks), so they are re-sent even when `TryAutoRecover` is off.
     fn recovery_holds_input_back(&self) -> bool {
-        !self.buffer.durable()
-            && self.buffer.recovery_bytes() > 0
-            && self.buffer.bytes_used() > self.config.buffer_max_bytes / 4 * 3
+        self.buffer.recovery_bytes() > 0 && self.past_pressure_mark()
+    }
+
+    /// The buffer holds more than three quarters of `BufferMaxBytes`: where flushing under
+    /// pressure starts.
+    fn past_pressure_mark(&self) -> bool {
+        self.buffer.bytes_used() > self.config.buffer_max_bytes / 4 * 3
     }
 }
