@@ -27,8 +27,9 @@ use crate::error::{Error, Result};
 use crate::record::{Hour, LogOf, LogRef};
 
 /// What a record counts against the bound: its columnar size, plus half for the row
-/// streams' spare capacity (they grow by doubling, so on average about 1.4x what they hold
-/// is allocated): the bound then limits the memory really used, not just the data.
+/// streams' spare capacity (the lengths grow by doubling, so on average about 1.4x what
+/// they hold is allocated; the text's last block is partly empty, and blocks double up to
+/// 1 MiB): the bound then limits the memory really used, not just the data.
 pub(crate) fn counted_bytes(row_bytes: usize) -> u32 {
     counted_size(row_bytes).min(u32::MAX as usize) as u32
 }
