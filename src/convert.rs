@@ -500,8 +500,9 @@ fn push_text(text: &mut TextBlocks, lens: &mut Vec<u32>, v: &str) -> usize {
 }
 
 /// The first text block of a key's rows; each next one is twice as big, up to
-/// [`TEXT_BLOCK_MAX`].
-const TEXT_BLOCK_MIN: usize = 16 << 10;
+/// [`TEXT_BLOCK_MAX`]. Small, like a string's first allocation: with many keys of a few
+/// records each, a big first block per key would be memory the bound does not count.
+const TEXT_BLOCK_MIN: usize = 256;
 const TEXT_BLOCK_MAX: usize = 1 << 20;
 
 /// Append-only text in blocks that never move: a field goes where the last block ends,
@@ -624,6 +625,17 @@ impl LogRows {
     /// Bytes appended since the last finish, as [`LogColumns::text_bytes`] counts them.
     pub fn text_bytes(&self) -> usize {
         self.counted
+    }
+
+    /// Sizes the first text block for about `bytes` of text about to be appended (the
+    /// first push of a key's rows), between [`TEXT_BLOCK_MIN`] and [`TEXT_BLOCK_MAX`]: a
+    /// push of many records starts in one block, a key of one small record takes a small
+    /// one. Does nothing once the rows hold text.
+    pub fn expect_text(&mut self, bytes: usize) {
+        if self.text.blocks.is_empty() {
+            let size = bytes.clamp(TEXT_BLOCK_MIN, TEXT_BLOCK_MAX);
+            self.text.blocks.push(String::with_capacity(size));
+        }
     }
 
     /// Appends records in order; returns their total size as [`LogColumns::row_bytes`]
@@ -1423,12 +1435,12 @@ mod tests {
     #[test]
     fn row_text_fills_its_blocks_exactly_and_big_fields_get_their_own() {
         // Only `message` has text here (the other required fields are empty), so these
-        // sizes fill the first block exactly (16000 + 384), start the next with one byte
-        // and fill it exactly, put a field bigger than any block in a block of its own,
-        // then go on in a fresh block, with empty strings between.
+        // sizes fill the first block exactly, start the next with one byte and fill it
+        // exactly, put a field bigger than any block in a block of its own, then go on in
+        // a fresh block, with empty strings between.
         let sizes = [
-            16000,
-            384,
+            TEXT_BLOCK_MIN - 100,
+            100,
             0,
             1,
             2 * TEXT_BLOCK_MIN - 1,
@@ -1473,6 +1485,22 @@ mod tests {
         cols.append_rows(&refs);
         assert_eq!(got, cols.finish().expect("batch"));
         assert_eq!(logs_from_batch(&got).expect("logs"), logs);
+        // A key of one small record takes a small block: thousands of such keys must not
+        // hold far more memory than the bound counts for them (~1.5x their data).
+        let small = Log {
+            message: "x".repeat(100),
+            ..Log::default()
+        };
+        rows.append_rows(&[&small]);
+        let held: usize = rows.text.blocks.iter().map(String::capacity).sum();
+        assert!(held <= 512, "{held} bytes of blocks for 100 bytes of text");
+        // A push that says how much text comes gets one block for it, once.
+        rows.finish().expect("batch");
+        rows.expect_text(10_000);
+        rows.expect_text(50);
+        rows.append_rows(&[&small]);
+        let caps: Vec<usize> = rows.text.blocks.iter().map(String::capacity).collect();
+        assert_eq!(caps, [10_000]);
     }
 
     #[test]
