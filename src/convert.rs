@@ -468,11 +468,9 @@ pub struct LogRows {
     text: TextBlocks,
     lens: Vec<u32>,
     rows: usize,
-    /// Bytes appended since the last finish, as [`LogColumns::row_bytes`] counts them.
-    counted: usize,
     /// The exact sizes of the Arrow columns the rows make, kept up while appending so
     /// that [`LogRows::finish`] reads the streams once (a sizing pass over them took
-    /// about a third of building the batch).
+    /// about a third of building the batch); they also give the rows' counted bytes.
     sizes: ColumnSizes,
 }
 
@@ -483,6 +481,18 @@ struct ColumnSizes {
     str_bytes: [usize; STRINGS],
     items: [usize; 4],
     item_bytes: [usize; 6],
+}
+
+impl ColumnSizes {
+    /// What [`LogColumns::row_bytes`] counts for `rows` rows of these sizes: the fixed
+    /// part of each row, the text, and 4 bytes a list item, 8 a map entry.
+    fn counted(&self, rows: usize) -> usize {
+        LogColumns::FIXED_ROW_BYTES * rows
+            + self.str_bytes.iter().sum::<usize>()
+            + self.item_bytes.iter().sum::<usize>()
+            + 4 * (self.items[0] + self.items[1])
+            + 8 * (self.items[2] + self.items[3])
+    }
 }
 
 /// Appends `v` to the streams. A field longer than `u32::MAX - 1` bytes (which Arrow's
@@ -624,7 +634,7 @@ impl LogRows {
 
     /// Bytes appended since the last finish, as [`LogColumns::text_bytes`] counts them.
     pub fn text_bytes(&self) -> usize {
-        self.counted
+        self.sizes.counted(self.rows)
     }
 
     /// Sizes the first text block for about `bytes` of text about to be appended (the
@@ -645,15 +655,12 @@ impl LogRows {
         R: std::ops::Deref<Target = LogOf<S>>,
         S: AsRef<str> + Ord,
     {
-        let mut bytes = LogColumns::FIXED_ROW_BYTES * rows.len();
+        let before = self.text_bytes();
         let sz = &mut self.sizes;
         for r in rows {
             for i in 0..STRINGS {
                 match text_of(r, i) {
-                    Some(v) => {
-                        bytes += v.len();
-                        sz.str_bytes[i] += push_text(&mut self.text, &mut self.lens, v);
-                    }
+                    Some(v) => sz.str_bytes[i] += push_text(&mut self.text, &mut self.lens, v),
                     None => self.lens.push(NULL_LEN),
                 }
             }
@@ -666,9 +673,8 @@ impl LogRows {
                         self.lens.push(n);
                         sz.items[j] += n as usize;
                         for item in items.iter().take(n as usize) {
-                            let item = item.as_ref();
-                            bytes += item.len() + 4;
-                            sz.item_bytes[j] += push_text(&mut self.text, &mut self.lens, item);
+                            sz.item_bytes[j] +=
+                                push_text(&mut self.text, &mut self.lens, item.as_ref());
                         }
                     }
                     None => self.lens.push(NULL_LEN),
@@ -681,12 +687,10 @@ impl LogRows {
                         self.lens.push(n);
                         sz.items[2 + j] += n as usize;
                         for (k, v) in m.iter().take(n as usize) {
-                            let (k, v) = (k.as_ref(), v.as_ref());
-                            bytes += k.len() + v.len() + 8;
                             sz.item_bytes[2 + 2 * j] +=
-                                push_text(&mut self.text, &mut self.lens, k);
+                                push_text(&mut self.text, &mut self.lens, k.as_ref());
                             sz.item_bytes[3 + 2 * j] +=
-                                push_text(&mut self.text, &mut self.lens, v);
+                                push_text(&mut self.text, &mut self.lens, v.as_ref());
                         }
                     }
                     None => self.lens.push(NULL_LEN),
@@ -694,8 +698,7 @@ impl LogRows {
             }
         }
         self.rows += rows.len();
-        self.counted += bytes;
-        bytes
+        self.text_bytes() - before
     }
 
     fn reader(&self) -> RowReader<'_> {
@@ -744,7 +747,7 @@ impl LogRows {
             }
         }
         cols.rows = rows;
-        cols.text = self.counted;
+        cols.text = self.text_bytes();
         *self = LogRows::default();
         cols.finish()
     }
