@@ -38,6 +38,10 @@ ROUNDS = max(1, int(os.environ.get("BENCH_PLUGIN_ROUNDS", "3")))
 CARGO = os.environ.get("CARGO", "cargo")
 
 
+def ratio(a, b):
+    return a / b if b > 0 else float("inf")
+
+
 def run(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
@@ -184,12 +188,12 @@ def main():
             rounds.append({
                 "null": null["cpu_s"] / RECORDS * 1e6, "file": cost["file"], "parquet": cost["parquet"],
                 "nosync": cost["parquet-nosync"],
-                "ratio": cost["parquet"] / cost["file"] if cost["file"] > 0 else float("inf"),
-                "nosync_ratio": cost["parquet-nosync"] / cost["file"] if cost["file"] > 0 else float("inf"),
+                "ratio": ratio(cost["parquet"], cost["file"]),
+                "nosync_ratio": ratio(cost["parquet-nosync"], cost["file"]),
                 "machine_file": machine["file"], "machine_parquet": machine["parquet"],
                 "machine_nosync": machine["parquet-nosync"],
-                "machine_ratio": machine["parquet"] / machine["file"] if machine["file"] > 0 else float("inf"),
-                "machine_nosync_ratio": machine["parquet-nosync"] / machine["file"] if machine["file"] > 0 else float("inf"),
+                "machine_ratio": ratio(machine["parquet"], machine["file"]),
+                "machine_nosync_ratio": ratio(machine["parquet-nosync"], machine["file"]),
                 "rss_file": runs["file"]["peak_rss_mb"], "rss_parquet": runs["parquet"]["peak_rss_mb"],
             })
             r = rounds[-1]

@@ -91,12 +91,14 @@ impl KeyData {
         S: AsRef<str> + Ord,
     {
         self.rows += records.len();
-        // The counted sizes are 1.5x each row's columnar size, which is its text plus a
-        // fixed part: the first block then holds this push's text.
-        let counted: usize = sizes.iter().map(|s| *s as usize).sum();
-        self.active.expect_text(
-            (counted * 2 / 3).saturating_sub(records.len() * LogColumns::FIXED_ROW_BYTES),
-        );
+        if self.active.is_empty() {
+            // The counted sizes are 1.5x each row's columnar size, which is its text plus
+            // a fixed part: the first block then holds this push's text.
+            let counted: usize = sizes.iter().map(|s| *s as usize).sum();
+            self.active.expect_text(
+                (counted * 2 / 3).saturating_sub(records.len() * LogColumns::FIXED_ROW_BYTES),
+            );
+        }
         self.active.append_rows(records);
         self.active_sizes.extend_from_slice(sizes);
         self.active_hours.extend_from_slice(hours);
