@@ -12,6 +12,7 @@ use chrono::{TimeZone, Utc};
 use data2parquet::buffer::mem::MemBuffer;
 use data2parquet::clock::ManualClock;
 use data2parquet::receiver::Background;
+use data2parquet::writer::Writer;
 use data2parquet::writer::file::FileWriter;
 use data2parquet::{Config, Log, Receiver};
 
@@ -269,6 +270,98 @@ fn failing_writer_keeps_data_in_recovery_and_resends() {
     assert!(seen.values().all(|n| *n == 1), "no duplicates");
     r.close().expect("close");
     assert!(common::parquet_files(&dir.path().join("recovery")).is_empty());
+}
+
+/// The file writer, counting how many objects each call hands it.
+struct CountingWriter {
+    inner: FileWriter,
+    calls: parking_lot::Mutex<Vec<usize>>,
+}
+
+impl Writer for CountingWriter {
+    fn init(&self) -> data2parquet::Result<()> {
+        self.inner.init()
+    }
+    fn write(&self, name: &str, data: &[u8]) -> data2parquet::Result<()> {
+        self.calls.lock().push(1);
+        self.inner.write(name, data)
+    }
+    fn write_many(&self, objects: &[(&str, &[u8])]) -> Vec<data2parquet::Result<()>> {
+        self.calls.lock().push(objects.len());
+        self.inner.write_many(objects)
+    }
+    fn close(&self) -> data2parquet::Result<()> {
+        self.inner.close()
+    }
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+    fn target(&self) -> String {
+        self.inner.target()
+    }
+}
+
+#[test]
+fn a_flush_round_hands_every_keys_files_over_at_once_and_a_failure_stays_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &[("BufferSize", "1000"), ("FlushWorkers", "1")]);
+    let out = dir.path().join("out");
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
+            .single()
+            .expect("date"),
+    ));
+    let writer = Arc::new(CountingWriter {
+        inner: FileWriter::new(&c.writer_file_path),
+        calls: parking_lot::Mutex::new(Vec::new()),
+    });
+    let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
+    let r = Receiver::new(c, buffer, writer.clone(), clock.clone(), Background::Manual)
+        .expect("engine");
+    let key = |k: usize| {
+        let capability = if k == 7 { "blocked" } else { "cap" };
+        format!("{capability}:d:s:app{k}")
+    };
+    // 20 keys; the capability directory of one of them cannot be made.
+    std::fs::write(out.join("capability=blocked"), b"blocker").expect("blocker");
+    for k in 0..20 {
+        r.push((0..10).map(|i| log(&key(k), i)).collect(), Vec::new())
+            .expect("push");
+    }
+    let report = r.flush().expect("a failed write is not a failed flush");
+    assert_eq!(
+        *writer.calls.lock(),
+        vec![20],
+        "one call for the 20 keys' files"
+    );
+    assert_eq!(report.files, 19);
+    assert_eq!(report.records, 190);
+    assert_eq!(report.records_to_recovery, 10);
+    let stats = r.stats();
+    assert_eq!(stats.buffered_records, 0);
+    assert_eq!(stats.recovery_backlog, 1);
+    assert_eq!(messages(&out).len(), 190);
+
+    // Keys due by interval are flushed together too, and the failed file is re-sent.
+    std::fs::remove_file(out.join("capability=blocked")).expect("unblock");
+    for k in 20..25 {
+        r.push((0..10).map(|i| log(&key(k), i)).collect(), Vec::new())
+            .expect("push");
+    }
+    r.tick().expect("first sight of the new keys");
+    clock.advance(chrono::Duration::seconds(6));
+    writer.calls.lock().clear();
+    assert_eq!(r.tick().expect("tick").files, 5);
+    assert_eq!(
+        writer.calls.lock()[0],
+        5,
+        "the 5 due keys' files in one call"
+    );
+    assert_eq!(r.try_resend().expect("resend"), 1);
+    r.close().expect("close");
+    let seen = messages(&out);
+    assert_eq!(seen.len(), 250);
+    assert!(seen.values().all(|n| *n == 1), "no duplicates");
 }
 
 #[test]

@@ -45,34 +45,111 @@ fn runs_of(hours: &[Hour]) -> Vec<(Hour, usize, usize)> {
     runs
 }
 
+/// The most files a flush round converts before handing them to the writer at once.
+const ROUND_FILES: usize = 64;
+/// The most keys one flush worker takes at once.
+pub(super) const KEYS_PER_ROUND: usize = 64;
+
+/// A file converted and waiting to be written with the rest of its round.
+pub(super) struct Staged {
+    /// Which of the round's keys it belongs to (where its outcome is reported).
+    slot: usize,
+    key: String,
+    name: String,
+    data: Vec<u8>,
+    records: u64,
+    /// A dead-letter file (counted apart from the Parquet files).
+    dead_letters: bool,
+}
+
+/// The files one batch of a key converts into.
+pub(super) struct Files {
+    slot: usize,
+    items: Vec<Staged>,
+}
+
+impl Files {
+    fn new(slot: usize) -> Self {
+        Files {
+            slot,
+            items: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, key: &str, name: &str, data: Vec<u8>, records: u64, dead_letters: bool) {
+        self.items.push(Staged {
+            slot: self.slot,
+            key: key.to_string(),
+            name: name.to_string(),
+            data,
+            records,
+            dead_letters,
+        });
+    }
+}
+
+/// How flushing one key went.
+#[derive(Default)]
+struct Outcome {
+    report: FlushReport,
+    error: Option<Error>,
+}
+
+/// The batches of a flush round: their files, written together, and the records to clear
+/// once they are.
+#[derive(Default)]
+struct Round {
+    files: Vec<Staged>,
+    bytes: usize,
+    /// (key slot, records of the batch, when its conversion started)
+    batches: Vec<(usize, usize, Instant)>,
+}
+
 impl Inner {
-    /// Flushes every key, `FlushWorkers` keys at a time (each on its own short-lived
-    /// thread, so a close or `/flush/` with many keys uses every core).
+    /// Flushes every key, `FlushWorkers` threads at a time (each short-lived, so a close
+    /// or `/flush/` with many keys uses every core); each thread takes a share of the keys
+    /// and writes their files in rounds (see [`Inner::flush_keys`]).
     pub(super) fn flush_all(&self, mode: Mode) -> Result<FlushReport> {
         let keys = self.buffer.keys()?;
         let workers = self.config.flush_workers.max(1).min(keys.len());
+        // Two shares per worker keep both busy to the end; one worker takes them whole.
+        let share = match workers {
+            0 | 1 => keys.len(),
+            n => keys.len().div_ceil(n * 2),
+        }
+        .clamp(1, KEYS_PER_ROUND);
+        let shares: Vec<&[String]> = keys.chunks(share).collect();
         let results: Vec<Result<FlushReport>> = if workers <= 1 {
-            keys.iter().map(|key| self.flush_key(key, mode)).collect()
+            shares
+                .iter()
+                .flat_map(|share| self.flush_keys(share, mode))
+                .collect()
         } else {
             let next = AtomicUsize::new(0);
-            let slots: Vec<parking_lot::Mutex<Option<Result<FlushReport>>>> =
-                keys.iter().map(|_| parking_lot::Mutex::new(None)).collect();
+            let slots: Vec<parking_lot::Mutex<Option<Vec<Result<FlushReport>>>>> = shares
+                .iter()
+                .map(|_| parking_lot::Mutex::new(None))
+                .collect();
             std::thread::scope(|scope| {
                 for _ in 0..workers {
                     scope.spawn(|| {
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(key) = keys.get(i) else { break };
-                            *slots[i].lock() = Some(self.flush_key(key, mode));
+                            let Some(share) = shares.get(i) else { break };
+                            *slots[i].lock() = Some(self.flush_keys(share, mode));
                         }
                     });
                 }
             });
             slots
                 .into_iter()
-                .map(|slot| {
+                .zip(&shares)
+                .flat_map(|(slot, share)| {
                     slot.into_inner().unwrap_or_else(|| {
-                        Err(Error::Buffer("a flush thread stopped early".into()))
+                        share
+                            .iter()
+                            .map(|_| Err(Error::Buffer("a flush thread stopped early".into())))
+                            .collect()
                     })
                 })
                 .collect()
@@ -94,69 +171,198 @@ impl Inner {
         }
     }
 
+    /// Flushes one key, after any other thread of this process flushing it.
     pub(super) fn flush_key(&self, key: &str, mode: Mode) -> Result<FlushReport> {
-        let mut report = FlushReport::default();
         if self.config.redis_skip_flush {
-            return Ok(report);
+            return Ok(FlushReport::default());
         }
         let _exclusive = self.claim(key);
-        if !self.buffer.try_lock(key)? {
-            self.counters
-                .lock_contention
-                .fetch_add(1, Ordering::Relaxed);
-            log::debug!("flush of `{key}` skipped: another instance holds its lock");
-            report.keys_locked_elsewhere.push(key.to_string());
-            return Ok(report);
+        self.flush_claimed(&[key], mode)
+            .pop()
+            .unwrap_or_else(|| Ok(FlushReport::default()))
+    }
+
+    /// Flushes `keys` together: their files are written in rounds, each handed to the
+    /// writer at once (the file writer then shares its syncs among them). Keys that
+    /// another thread of this process is flushing are done after, one by one, so a round
+    /// never waits for a key while holding others. One result per key, in order.
+    pub(super) fn flush_keys(&self, keys: &[String], mode: Mode) -> Vec<Result<FlushReport>> {
+        if self.config.redis_skip_flush {
+            return keys.iter().map(|_| Ok(FlushReport::default())).collect();
         }
-        let result = self.flush_locked(key, mode, &mut report);
+        let mut claims = Vec::new();
+        let mut mine = Vec::new();
+        let mut busy = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.try_claim(key) {
+                Some(claim) => {
+                    claims.push(claim);
+                    mine.push(i);
+                }
+                None => busy.push(i),
+            }
+        }
+        let names: Vec<&str> = mine.iter().map(|&i| keys[i].as_str()).collect();
+        let mut results: Vec<Option<Result<FlushReport>>> = keys.iter().map(|_| None).collect();
+        for (&i, result) in mine.iter().zip(self.flush_claimed(&names, mode)) {
+            results[i] = Some(result);
+        }
+        drop(claims);
+        for i in busy {
+            results[i] = Some(self.flush_key(&keys[i], mode));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Buffer("a key was not flushed".into()))))
+            .collect()
+    }
+
+    /// [`Inner::flush_keys`] for keys this thread has claimed, in rounds: each round takes
+    /// one batch of every key that has one, converts it, and writes the files of all of
+    /// them at once; a key whose batch was full goes on to the next round. A key's buffer
+    /// lock is taken at its first batch (a key locked by another instance is skipped and
+    /// reported) and released as soon as it is done, so no lock waits on other keys' work.
+    /// A round is handed to the writer early when it holds [`ROUND_FILES`] files or a
+    /// 32nd of `BufferMaxBytes` (at least 1 MiB) of them: its records stay buffered until
+    /// then.
+    fn flush_claimed(&self, keys: &[&str], mode: Mode) -> Vec<Result<FlushReport>> {
+        let size = self.config.buffer_size;
+        let max_bytes = (self.config.buffer_max_bytes / 32).max(1 << 20);
+        let mut outcomes: Vec<Outcome> = keys.iter().map(|_| Outcome::default()).collect();
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        let mut locked = vec![false; keys.len()];
+        while !pending.is_empty() {
+            let mut round = Round::default();
+            let mut next = Vec::new();
+            for &slot in &pending {
+                let key = keys[slot];
+                if !locked[slot] {
+                    match self.buffer.try_lock(key) {
+                        Ok(true) => locked[slot] = true,
+                        Ok(false) => {
+                            self.counters
+                                .lock_contention
+                                .fetch_add(1, Ordering::Relaxed);
+                            log::debug!(
+                                "flush of `{key}` skipped: another instance holds its lock"
+                            );
+                            outcomes[slot]
+                                .report
+                                .keys_locked_elsewhere
+                                .push(key.to_string());
+                            continue;
+                        }
+                        Err(e) => {
+                            outcomes[slot].error = Some(e);
+                            continue;
+                        }
+                    }
+                }
+                let started = Instant::now();
+                match self.stage_batch(key, slot, mode) {
+                    Ok(None) => {}
+                    Ok(Some((n, files))) => {
+                        round.bytes += files.iter().map(|f| f.data.len()).sum::<usize>();
+                        round.files.extend(files);
+                        round.batches.push((slot, n, started));
+                        if n >= size {
+                            next.push(slot);
+                        }
+                    }
+                    Err(e) => outcomes[slot].error = Some(e),
+                }
+                if round.files.len() >= ROUND_FILES || round.bytes >= max_bytes {
+                    self.finish_round(keys, std::mem::take(&mut round), &mut outcomes);
+                }
+            }
+            self.finish_round(keys, round, &mut outcomes);
+            next.retain(|&slot| outcomes[slot].error.is_none());
+            for &slot in &pending {
+                if locked[slot] && !next.contains(&slot) {
+                    self.release(keys[slot], mode, &mut outcomes[slot]);
+                }
+            }
+            pending = next;
+        }
+        outcomes
+            .into_iter()
+            .map(|o| match o.error {
+                Some(e) => Err(e),
+                None => Ok(o.report),
+            })
+            .collect()
+    }
+
+    /// After a key's last batch: forget when it started filling if it is empty, or start
+    /// its interval again if records stay; then release its buffer lock.
+    fn release(&self, key: &str, mode: Mode, outcome: &mut Outcome) {
+        if outcome.error.is_none() {
+            let remaining = self.buffer.len(key);
+            let mut first = self.first_seen.lock();
+            match remaining {
+                Ok(0) => {
+                    first.remove(key);
+                }
+                Ok(_) => {
+                    if mode == Mode::All {
+                        first.insert(key.to_string(), self.clock.now());
+                    }
+                }
+                Err(e) => outcome.error = Some(e),
+            }
+        }
         if let Err(e) = self.buffer.unlock(key) {
             log::warn!("releasing the lock of `{key}` failed: {e}; it will expire by itself");
         }
-        result.map(|()| report)
     }
 
-    pub(super) fn flush_locked(
+    /// Reads the next batch of `key` and converts it into files (records that cannot be
+    /// converted go to the DLQ now). `None` when there is nothing (more) to flush.
+    fn stage_batch(
         &self,
         key: &str,
+        slot: usize,
         mode: Mode,
-        report: &mut FlushReport,
-    ) -> Result<()> {
+    ) -> Result<Option<(usize, Vec<Staged>)>> {
         let size = self.config.buffer_size;
-        loop {
-            let batch = match self.buffer.get_columnar(key, size)? {
-                Some(parts) => Batch::Columns(parts),
-                None => Batch::Rows(self.buffer.get(key, size)?),
-            };
-            let n = batch.len();
-            if n == 0 || (mode == Mode::FullBatches && n < size) {
-                break;
+        let batch = match self.buffer.get_columnar(key, size)? {
+            Some(parts) => Batch::Columns(parts),
+            None => Batch::Rows(self.buffer.get(key, size)?),
+        };
+        let n = batch.len();
+        if n == 0 || (mode == Mode::FullBatches && n < size) {
+            return Ok(None);
+        }
+        let id = self
+            .buffer
+            .batch_id(key)
+            .unwrap_or_else(|| ulid::Ulid::from_datetime(self.clock.now().into()).to_string());
+        let mut files = Files::new(slot);
+        match batch {
+            Batch::Rows(records) => self.write_batch(key, &id, records, &mut files)?,
+            Batch::Columns(parts) => self.write_columnar(key, &id, parts, &mut files)?,
+        }
+        Ok(Some((n, files.items)))
+    }
+
+    /// Writes a round's files at once, then clears the flushed records of every key whose
+    /// files are all written or kept in the recovery bucket.
+    fn finish_round(&self, keys: &[&str], round: Round, outcomes: &mut [Outcome]) {
+        self.publish(round.files, outcomes);
+        for (slot, n, started) in round.batches {
+            let outcome = &mut outcomes[slot];
+            if outcome.error.is_some() {
+                continue;
             }
-            let started = Instant::now();
-            let id = self
-                .buffer
-                .batch_id(key)
-                .unwrap_or_else(|| ulid::Ulid::from_datetime(self.clock.now().into()).to_string());
-            match batch {
-                Batch::Rows(records) => self.write_batch(key, &id, records, report)?,
-                Batch::Columns(parts) => self.write_columnar(key, &id, parts, report)?,
+            if let Err(e) = self.buffer.clear(keys[slot], n) {
+                outcome.error = Some(e);
+                continue;
             }
-            self.buffer.clear(key, n)?;
             self.counters.flushes.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .flush_micros
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            if n < size {
-                break;
-            }
         }
-        let remaining = self.buffer.len(key)?;
-        let mut first = self.first_seen.lock();
-        if remaining == 0 {
-            first.remove(key);
-        } else if mode == Mode::All {
-            first.insert(key.to_string(), self.clock.now());
-        }
-        Ok(())
     }
 
     /// Converts and writes one batch of a key: one file per hour of the records' own time.
@@ -168,7 +374,7 @@ impl Inner {
         key: &str,
         id: &str,
         records: Vec<Record>,
-        report: &mut FlushReport,
+        files: &mut Files,
     ) -> Result<()> {
         let now = self.clock.now();
         let mut by_hour: BTreeMap<Hour, Vec<Record>> = BTreeMap::new();
@@ -181,7 +387,7 @@ impl Inner {
                 key,
                 &object_name(ObjectKind::Parquet, key, hour, id),
                 group,
-                report,
+                files,
             )?;
         }
         Ok(())
@@ -195,7 +401,7 @@ impl Inner {
         key: &str,
         id: &str,
         parts: Vec<Columnar>,
-        report: &mut FlushReport,
+        files: &mut Files,
     ) -> Result<()> {
         let fallback = Hour::of(self.clock.now());
         let mut by_hour: BTreeMap<Hour, Vec<RecordBatch>> = BTreeMap::new();
@@ -238,12 +444,12 @@ impl Inner {
                 for b in &batches {
                     rows.extend(convert::extra_fields_rows(b)?);
                 }
-                self.write_dynamic(key, &name, columns, &rows, report)?;
+                self.write_dynamic(key, &name, columns, &rows, files)?;
                 continue;
             }
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
             match convert::encode_batches(&batches, &self.encode) {
-                Ok(data) => self.store(key, &name, data, rows as u64, report)?,
+                Ok(data) => files.add(key, &name, data, rows as u64, false),
                 Err(e) => {
                     log::warn!(
                         "encoding {rows} rows of `{key}` failed: {e}; checking them one by one"
@@ -252,7 +458,7 @@ impl Inner {
                     for b in &batches {
                         records.extend(convert::logs_from_batch(b)?.into_iter().map(Arc::new));
                     }
-                    self.write_hour(key, &name, records, report)?;
+                    self.write_hour(key, &name, records, files)?;
                 }
             }
         }
@@ -266,11 +472,11 @@ impl Inner {
         key: &str,
         name: &str,
         group: Vec<Record>,
-        report: &mut FlushReport,
+        files: &mut Files,
     ) -> Result<()> {
         if let Some(columns) = &self.dynamic {
             let rows: Vec<Vec<(&str, &str)>> = group.iter().map(|r| carried_fields(r)).collect();
-            return self.write_dynamic(key, name, columns, &rows, report);
+            return self.write_dynamic(key, name, columns, &rows, files);
         }
         let now = self.clock.now();
         let (data, good) = match convert::encode(&group, &self.encode) {
@@ -299,7 +505,8 @@ impl Inner {
                 (convert::encode(&good, &self.encode)?, good.len())
             }
         };
-        self.store(key, name, data, good as u64, report)
+        files.add(key, name, data, good as u64, false);
+        Ok(())
     }
 
     /// Converts and writes dynamic records (their fields as `(key, JSON)` entries) as the
@@ -310,7 +517,7 @@ impl Inner {
         name: &str,
         columns: &crate::dynamic::Columns,
         rows: &[Vec<(&str, &str)>],
-        report: &mut FlushReport,
+        files: &mut Files,
     ) -> Result<()> {
         let encoded = crate::dynamic::encode(rows, columns, &self.encode).map_err(|e| match e {
             Error::Encode { reason, .. } => Error::Encode {
@@ -340,7 +547,10 @@ impl Inner {
             self.dead_letter(entries)?;
         }
         match encoded.data {
-            Some(data) => self.store(key, name, data, encoded.rows as u64, report),
+            Some(data) => {
+                files.add(key, name, data, encoded.rows as u64, false);
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -359,62 +569,100 @@ impl Inner {
             .map(|_| ())
     }
 
-    /// Writes one file, or keeps it in the recovery bucket when the write fails.
-    pub(super) fn store(
-        &self,
-        key: &str,
-        name: &str,
-        data: Vec<u8>,
-        records: u64,
-        report: &mut FlushReport,
-    ) -> Result<()> {
-        match self.writer.write(name, &data) {
-            Ok(()) => {
-                self.counters
-                    .records_written
-                    .fetch_add(records, Ordering::Relaxed);
-                self.counters.files_written.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .bytes_written
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                report.records += records;
-                report.files += 1;
-                report.names.push(name.to_string());
-                log::debug!("wrote {name}: {records} records, {} bytes", data.len());
-                Ok(())
-            }
-            Err(e) => {
-                self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
-                let item = RecoveryItem {
-                    id: ulid::Ulid::generate().to_string(),
-                    key: key.to_string(),
-                    name: name.to_string(),
-                    data: data.into(),
-                    records,
-                    attempts: 1,
-                    last_error: e.to_string(),
-                };
-                self.buffer.push_recovery(item)?;
-                report.records_to_recovery += records;
-                log::warn!(
-                    "{e}; {records} records kept in the recovery bucket{}",
-                    if self.config.try_auto_recover {
-                        ", will re-send"
-                    } else if self.buffer.durable() {
-                        " (TryAutoRecover is off: re-sent at close, by an instance that has it on, \
-                         or by `d2p-admin recovery replay`)"
-                    } else {
-                        " (TryAutoRecover is off: re-sent at close, or when the buffer is three \
-                         quarters full; what still fails at close is kept on local disk)"
+    /// Writes staged files in one [`crate::writer::Writer::write_many`]; a file whose
+    /// write fails is kept in the recovery bucket. A file that could be kept nowhere marks
+    /// its key as failed (its records stay buffered).
+    fn publish(&self, files: Vec<Staged>, outcomes: &mut [Outcome]) {
+        if files.is_empty() {
+            return;
+        }
+        let objects: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|f| (f.name.as_str(), f.data.as_slice()))
+            .collect();
+        let mut results = self.writer.write_many(&objects).into_iter();
+        drop(objects);
+        for file in files {
+            let result = results.next().unwrap_or_else(|| {
+                Err(Error::Write {
+                    name: file.name.clone(),
+                    target: self.writer.target(),
+                    reason: "the writer returned no result for it".into(),
+                    retryable: true,
+                })
+            });
+            let outcome = &mut outcomes[file.slot];
+            let len = file.data.len() as u64;
+            match result {
+                Ok(()) => {
+                    self.counters
+                        .bytes_written
+                        .fetch_add(len, Ordering::Relaxed);
+                    if file.dead_letters {
+                        self.counters
+                            .dlq_files_written
+                            .fetch_add(1, Ordering::Relaxed);
+                        log::info!("wrote dead-letter file {} ({len} bytes)", file.name);
+                        continue;
                     }
-                );
-                Ok(())
+                    self.counters
+                        .records_written
+                        .fetch_add(file.records, Ordering::Relaxed);
+                    self.counters.files_written.fetch_add(1, Ordering::Relaxed);
+                    outcome.report.records += file.records;
+                    outcome.report.files += 1;
+                    log::debug!("wrote {}: {} records, {len} bytes", file.name, file.records);
+                    outcome.report.names.push(file.name);
+                }
+                Err(e) => {
+                    self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+                    let records = file.records;
+                    let item = RecoveryItem {
+                        id: ulid::Ulid::generate().to_string(),
+                        key: file.key,
+                        name: file.name,
+                        data: file.data.into(),
+                        records,
+                        attempts: 1,
+                        last_error: e.to_string(),
+                    };
+                    if let Err(kept_nowhere) = self.buffer.push_recovery(item) {
+                        outcome.error.get_or_insert(kept_nowhere);
+                        continue;
+                    }
+                    outcome.report.records_to_recovery += records;
+                    log::warn!(
+                        "{e}; {records} records kept in the recovery bucket{}",
+                        if self.config.try_auto_recover {
+                            ", will re-send"
+                        } else if self.buffer.durable() {
+                            " (TryAutoRecover is off: re-sent at close, by an instance that has it on, \
+                             or by `d2p-admin recovery replay`)"
+                        } else {
+                            " (TryAutoRecover is off: re-sent at close, or when the buffer is three \
+                             quarters full; what still fails at close is kept on local disk)"
+                        }
+                    );
+                }
             }
         }
     }
 
     /// Waits until no other thread of this process flushes `key`, then marks it as ours
     /// until the returned guard is dropped.
+    /// Like [`Inner::claim`] without waiting: `None` when another thread flushes `key`.
+    pub(super) fn try_claim<'a>(&'a self, key: &str) -> Option<KeyClaim<'a>> {
+        let mut set = self.in_flight.lock();
+        if set.contains(key) {
+            return None;
+        }
+        set.insert(key.to_string());
+        Some(KeyClaim {
+            inner: self,
+            key: key.to_string(),
+        })
+    }
+
     pub(super) fn claim<'a>(&'a self, key: &str) -> KeyClaim<'a> {
         let mut set = self.in_flight.lock();
         while set.contains(key) {
@@ -461,19 +709,20 @@ impl Inner {
                     .map_err(|err| Error::Buffer(err.to_string()))?;
                 out.push(b'\n');
             }
+            let mut files = Files::new(0);
             for (key, data) in by_key {
-                let name = object_name(ObjectKind::Dlq, key, hour, &id);
-                let len = data.len();
-                let mut report = FlushReport::default();
-                self.store(key, &name, data, 0, &mut report)?;
-                if report.files == 1 {
-                    self.counters
-                        .dlq_files_written
-                        .fetch_add(1, Ordering::Relaxed);
-                    // store() counted it as a Parquet file; DLQ files are counted apart.
-                    self.counters.files_written.fetch_sub(1, Ordering::Relaxed);
-                    log::info!("wrote dead-letter file {name} ({len} bytes)");
-                }
+                files.add(
+                    key,
+                    &object_name(ObjectKind::Dlq, key, hour, &id),
+                    data,
+                    0,
+                    true,
+                );
+            }
+            let mut outcome = [Outcome::default()];
+            self.publish(files.items, &mut outcome);
+            if let Some(e) = outcome[0].error.take() {
+                return Err(e);
             }
             self.buffer.clear_dlq(n)?;
             if n < DLQ_BATCH {

@@ -807,17 +807,34 @@ impl Inner {
         }
     }
 
-    /// Flushes queued keys until the queue is empty (several workers share the queue).
+    /// Flushes queued keys until the queue is empty. Several workers share the queue:
+    /// each takes its share of the keys queued with the same mode and flushes them
+    /// together (their files written at once, see [`Inner::flush_keys`]).
     fn flush_due(&self) -> Result<()> {
         let mut first_error = None;
         loop {
-            let next = self.due.lock().pop_front();
-            let Some((key, mode)) = next else {
-                break;
+            let (keys, mode) = {
+                let mut due = self.due.lock();
+                let Some(&(_, mode)) = due.front() else {
+                    break;
+                };
+                let share = due
+                    .len()
+                    .div_ceil(self.config.flush_workers.max(1))
+                    .min(flush::KEYS_PER_ROUND);
+                let mut keys = Vec::with_capacity(share);
+                while keys.len() < share
+                    && let Some((key, _)) = due.pop_front_if(|(_, m)| *m == mode)
+                {
+                    keys.push(key);
+                }
+                (keys, mode)
             };
-            if let Err(e) = self.flush_key(&key, mode) {
-                log::warn!("flush of `{key}` failed: {e}; its records stay buffered");
-                first_error.get_or_insert(e);
+            for (key, result) in keys.iter().zip(self.flush_keys(&keys, mode)) {
+                if let Err(e) = result {
+                    log::warn!("flush of `{key}` failed: {e}; its records stay buffered");
+                    first_error.get_or_insert(e);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -882,8 +899,18 @@ impl Inner {
                     }
                 }
             }
-            for key in old {
-                report.merge(self.flush_key(&key, Mode::All)?);
+            let mut first_error = None;
+            for (key, result) in old.iter().zip(self.flush_keys(&old, Mode::All)) {
+                match result {
+                    Ok(r) => report.merge(r),
+                    Err(e) => {
+                        log::warn!("flush of `{key}` failed: {e}; its records stay buffered");
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
             }
             self.drain_dlq()?;
         }

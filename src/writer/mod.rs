@@ -15,6 +15,16 @@ pub trait Writer: Send + Sync {
     /// [`crate::naming`]). Either the whole object becomes visible or nothing does; writing
     /// the same name again replaces it.
     fn write(&self, name: &str, data: &[u8]) -> Result<()>;
+    /// Stores several objects, as [`Writer::write`] each, and returns each one's result in
+    /// order. What a flush round hands over at once: a writer that can make a batch
+    /// durable for less than one object at a time overrides it (the file writer shares
+    /// its syncs); the default writes them one by one.
+    fn write_many(&self, objects: &[(&str, &[u8])]) -> Vec<Result<()>> {
+        objects
+            .iter()
+            .map(|(name, data)| self.write(name, data))
+            .collect()
+    }
     /// Releases resources.
     fn close(&self) -> Result<()>;
     /// Whether the target can take writes now.
