@@ -272,9 +272,11 @@ fn failing_writer_keeps_data_in_recovery_and_resends() {
     assert!(common::parquet_files(&dir.path().join("recovery")).is_empty());
 }
 
-/// The file writer, counting how many objects each call hands it.
+/// The file writer, counting how many objects each call hands it, and saying whether it
+/// wants batches (the file writer's own answer depends on the file system under it).
 struct CountingWriter {
     inner: FileWriter,
+    batches: bool,
     calls: parking_lot::Mutex<Vec<usize>>,
 }
 
@@ -290,6 +292,9 @@ impl Writer for CountingWriter {
         self.calls.lock().push(objects.len());
         self.inner.write_many(objects)
     }
+    fn prefers_batches(&self) -> bool {
+        self.batches
+    }
     fn close(&self) -> data2parquet::Result<()> {
         self.inner.close()
     }
@@ -301,11 +306,9 @@ impl Writer for CountingWriter {
     }
 }
 
-#[test]
-fn a_flush_round_hands_every_keys_files_over_at_once_and_a_failure_stays_its_own() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = config(dir.path(), &[("BufferSize", "1000"), ("FlushWorkers", "1")]);
-    let out = dir.path().join("out");
+/// An engine whose writer counts its calls, with the given answer to `prefers_batches`.
+fn counted_engine(dir: &Path, batches: bool) -> (Receiver, Arc<ManualClock>, Arc<CountingWriter>) {
+    let c = config(dir, &[("BufferSize", "1000"), ("FlushWorkers", "1")]);
     let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
             .single()
@@ -313,55 +316,60 @@ fn a_flush_round_hands_every_keys_files_over_at_once_and_a_failure_stays_its_own
     ));
     let writer = Arc::new(CountingWriter {
         inner: FileWriter::new(&c.writer_file_path),
+        batches,
         calls: parking_lot::Mutex::new(Vec::new()),
     });
     let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
     let r = Receiver::new(c, buffer, writer.clone(), clock.clone(), Background::Manual)
         .expect("engine");
+    (r, clock, writer)
+}
+
+#[test]
+fn a_flush_round_hands_every_keys_files_over_at_once_and_a_failure_stays_its_own() {
     let key = |k: usize| {
         let capability = if k == 7 { "blocked" } else { "cap" };
         format!("{capability}:d:s:app{k}")
     };
-    // 20 keys; the capability directory of one of them cannot be made.
-    std::fs::write(out.join("capability=blocked"), b"blocker").expect("blocker");
-    for k in 0..20 {
-        r.push((0..10).map(|i| log(&key(k), i)).collect(), Vec::new())
-            .expect("push");
-    }
-    let report = r.flush().expect("a failed write is not a failed flush");
-    assert_eq!(
-        *writer.calls.lock(),
-        vec![20],
-        "one call for the 20 keys' files"
-    );
-    assert_eq!(report.files, 19);
-    assert_eq!(report.records, 190);
-    assert_eq!(report.records_to_recovery, 10);
-    let stats = r.stats();
-    assert_eq!(stats.buffered_records, 0);
-    assert_eq!(stats.recovery_backlog, 1);
-    assert_eq!(messages(&out).len(), 190);
+    for batches in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let (r, clock, writer) = counted_engine(dir.path(), batches);
+        // 20 keys; the capability directory of one of them cannot be made.
+        std::fs::write(out.join("capability=blocked"), b"blocker").expect("blocker");
+        for k in 0..20 {
+            r.push((0..10).map(|i| log(&key(k), i)).collect(), Vec::new())
+                .expect("push");
+        }
+        let report = r.flush().expect("a failed write is not a failed flush");
+        let per_call = if batches { vec![20] } else { vec![1; 20] };
+        assert_eq!(*writer.calls.lock(), per_call, "batches {batches}");
+        assert_eq!(report.files, 19);
+        assert_eq!(report.records, 190);
+        assert_eq!(report.records_to_recovery, 10);
+        let stats = r.stats();
+        assert_eq!(stats.buffered_records, 0);
+        assert_eq!(stats.recovery_backlog, 1);
+        assert_eq!(messages(&out).len(), 190);
 
-    // Keys due by interval are flushed together too, and the failed file is re-sent.
-    std::fs::remove_file(out.join("capability=blocked")).expect("unblock");
-    for k in 20..25 {
-        r.push((0..10).map(|i| log(&key(k), i)).collect(), Vec::new())
-            .expect("push");
+        // Keys due by interval are flushed the same way, and the failed file is re-sent.
+        std::fs::remove_file(out.join("capability=blocked")).expect("unblock");
+        for k in 20..25 {
+            r.push((0..10).map(|i| log(&key(k), i)).collect(), Vec::new())
+                .expect("push");
+        }
+        r.tick().expect("first sight of the new keys");
+        clock.advance(chrono::Duration::seconds(6));
+        writer.calls.lock().clear();
+        assert_eq!(r.tick().expect("tick").files, 5);
+        let per_call = if batches { vec![5] } else { vec![1; 5] };
+        assert_eq!(writer.calls.lock()[..per_call.len()], per_call[..]);
+        assert_eq!(r.try_resend().expect("resend"), 1);
+        r.close().expect("close");
+        let seen = messages(&out);
+        assert_eq!(seen.len(), 250, "batches {batches}");
+        assert!(seen.values().all(|n| *n == 1), "no duplicates");
     }
-    r.tick().expect("first sight of the new keys");
-    clock.advance(chrono::Duration::seconds(6));
-    writer.calls.lock().clear();
-    assert_eq!(r.tick().expect("tick").files, 5);
-    assert_eq!(
-        writer.calls.lock()[0],
-        5,
-        "the 5 due keys' files in one call"
-    );
-    assert_eq!(r.try_resend().expect("resend"), 1);
-    r.close().expect("close");
-    let seen = messages(&out);
-    assert_eq!(seen.len(), 250);
-    assert!(seen.values().all(|n| *n == 1), "no duplicates");
 }
 
 #[test]

@@ -222,12 +222,14 @@ impl Inner {
     /// them at once; a key whose batch was full goes on to the next round. A key's buffer
     /// lock is taken at its first batch (a key locked by another instance is skipped and
     /// reported) and released as soon as it is done, so no lock waits on other keys' work.
-    /// A round is handed to the writer early when it holds [`ROUND_FILES`] files or a
-    /// 32nd of `BufferMaxBytes` (at least 1 MiB) of them: its records stay buffered until
-    /// then.
+    /// When the writer gains from batches ([`crate::writer::Writer::prefers_batches`]), a
+    /// round is handed over when it holds [`ROUND_FILES`] files or a 64th of
+    /// `BufferMaxBytes` (at least 256 KiB) of them, since its records stay buffered until
+    /// then; otherwise each key's files are handed over as soon as they are made.
     fn flush_claimed(&self, keys: &[&str], mode: Mode) -> Vec<Result<FlushReport>> {
         let size = self.config.buffer_size;
-        let max_bytes = (self.config.buffer_max_bytes / 32).max(1 << 20);
+        let max_bytes = (self.config.buffer_max_bytes / 64).max(256 << 10);
+        let batching = self.writer.prefers_batches();
         let mut outcomes: Vec<Outcome> = keys.iter().map(|_| Outcome::default()).collect();
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         let mut locked = vec![false; keys.len()];
@@ -271,7 +273,7 @@ impl Inner {
                     }
                     Err(e) => outcomes[slot].error = Some(e),
                 }
-                if round.files.len() >= ROUND_FILES || round.bytes >= max_bytes {
+                if !batching || round.files.len() >= ROUND_FILES || round.bytes >= max_bytes {
                     self.finish_round(keys, std::mem::take(&mut round), &mut outcomes);
                 }
             }

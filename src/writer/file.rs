@@ -9,6 +9,8 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use parking_lot::Mutex;
 
 use super::Writer;
@@ -32,6 +34,9 @@ pub struct FileWriter {
     made: Mutex<HashSet<PathBuf>>,
     /// `fsync` each file and, after the rename, its directory.
     sync: bool,
+    /// The root is on tmpfs or ramfs (found by [`Writer::init`]): its files live in
+    /// memory, and the kernel's `fsync` there does nothing, so no sync is asked for.
+    volatile: AtomicBool,
 }
 
 impl FileWriter {
@@ -42,6 +47,7 @@ impl FileWriter {
             root: root.into(),
             made: Mutex::new(HashSet::new()),
             sync: true,
+            volatile: AtomicBool::new(false),
         }
     }
 
@@ -130,7 +136,8 @@ impl FileWriter {
             let _ = fs::remove_file(&s.tmp);
             self.error(name, e.to_string(), true)
         };
-        if self.sync {
+        let sync = self.syncs();
+        if sync {
             // Start every file's writeback before waiting for any: the blocks of the whole
             // batch are allocated together, so the first sync's journal commit covers the
             // others' metadata too. Only a hint: a failure here shows in the sync.
@@ -156,7 +163,7 @@ impl FileWriter {
                 }
             })
             .collect();
-        if self.sync {
+        if sync {
             // The renames are only durable once their directories are: one sync each.
             let mut synced: HashMap<PathBuf, std::result::Result<(), String>> = HashMap::new();
             for (slot, (name, _)) in renamed.iter_mut().zip(objects) {
@@ -175,6 +182,12 @@ impl FileWriter {
         renamed.into_iter().map(|r| r.map(|_| ())).collect()
     }
 
+    /// Whether files and directories are synced: `WriterFileSync`, unless the root is in
+    /// memory (tmpfs, ramfs), where there is no disk to sync to.
+    fn syncs(&self) -> bool {
+        self.sync && !self.volatile.load(Ordering::Relaxed)
+    }
+
     fn error(&self, name: &str, reason: impl Into<String>, retryable: bool) -> Error {
         Error::Write {
             name: name.to_string(),
@@ -188,7 +201,22 @@ impl FileWriter {
 impl Writer for FileWriter {
     fn init(&self) -> Result<()> {
         fs::create_dir_all(&self.root)
-            .map_err(|e| Error::io("creating output directory", &self.root, e))
+            .map_err(|e| Error::io("creating output directory", &self.root, e))?;
+        if in_memory(&self.root) {
+            self.volatile.store(true, Ordering::Relaxed);
+            if self.sync {
+                log::info!(
+                    "{}: the output directory is on tmpfs/ramfs (in memory): there is no disk \
+                     to sync its files to, so none is asked for",
+                    self.target()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn prefers_batches(&self) -> bool {
+        self.syncs()
     }
 
     fn write(&self, name: &str, data: &[u8]) -> Result<()> {
@@ -223,9 +251,36 @@ impl Writer for FileWriter {
     }
 }
 
+/// Whether `dir` is on a file system that lives in memory (tmpfs, ramfs).
+#[cfg(target_os = "linux")]
+fn in_memory(dir: &Path) -> bool {
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    rustix::fs::statfs(dir).is_ok_and(|fs| {
+        // The magic numbers are 32-bit; the field's width differs between targets.
+        let kind = fs.f_type as u32;
+        kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn in_memory(_dir: &Path) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The temporary files left in `dir`.
+    fn temporary_files(dir: &Path) -> Vec<std::ffi::OsString> {
+        fs::read_dir(dir)
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|name| name.to_string_lossy().ends_with(".tmp"))
+            .collect()
+    }
 
     #[test]
     fn writes_atomically_and_replaces_with_and_without_sync() {
@@ -243,11 +298,7 @@ mod tests {
                 fs::read(dir.path().join("out/a/d.parquet")).expect("read"),
                 b"three"
             );
-            let leftovers: Vec<_> = fs::read_dir(p.parent().expect("dir"))
-                .expect("ls")
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-                .collect();
+            let leftovers = temporary_files(p.parent().expect("dir"));
             assert!(leftovers.is_empty(), "sync {sync}: {leftovers:?}");
         }
     }
@@ -286,13 +337,32 @@ mod tests {
                 assert_eq!(&read, data, "sync {sync}: {name}");
             }
             for d in 0..5 {
-                let tmp: Vec<_> = fs::read_dir(dir.path().join(format!("d{d}")))
-                    .expect("ls")
-                    .filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-                    .collect();
+                let tmp = temporary_files(&dir.path().join(format!("d{d}")));
                 assert!(tmp.is_empty(), "sync {sync}: {tmp:?}");
             }
+        }
+    }
+
+    #[test]
+    fn asks_for_batches_only_when_it_syncs_to_a_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = FileWriter::new(dir.path().join("out"));
+        plain.init().expect("init");
+        assert_eq!(plain.prefers_batches(), !in_memory(dir.path()));
+        let unsynced = FileWriter::new(dir.path().join("out")).with_sync(false);
+        unsynced.init().expect("init");
+        assert!(!unsynced.prefers_batches());
+        let shm = Path::new("/dev/shm");
+        if in_memory(shm) {
+            let mem = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+            let w = FileWriter::new(mem.path().join("out"));
+            w.init().expect("init");
+            assert!(!w.prefers_batches(), "tmpfs has nothing to sync");
+            w.write("a/b.parquet", b"x").expect("write");
+            assert_eq!(
+                fs::read(mem.path().join("out/a/b.parquet")).expect("read"),
+                b"x"
+            );
         }
     }
 

@@ -19,6 +19,12 @@ pub trait Writer: Send + Sync {
     /// order. What a flush round hands over at once: a writer that can make a batch
     /// durable for less than one object at a time overrides it (the file writer shares
     /// its syncs); the default writes them one by one.
+    /// Whether [`Writer::write_many`] costs less than writing the same objects one by one
+    /// (the file writer with its syncs). Only then does a flush gather the files of
+    /// several keys into one call, which keeps their records buffered a little longer.
+    fn prefers_batches(&self) -> bool {
+        false
+    }
     fn write_many(&self, objects: &[(&str, &[u8])]) -> Vec<Result<()>> {
         objects
             .iter()
