@@ -272,24 +272,52 @@ fn failing_writer_keeps_data_in_recovery_and_resends() {
     assert!(common::parquet_files(&dir.path().join("recovery")).is_empty());
 }
 
-/// The file writer, counting how many objects each call hands it, and saying whether it
-/// wants batches (the file writer's own answer depends on the file system under it).
-struct CountingWriter {
+/// The file writer, counting how many objects each call hands it, saying whether it
+/// wants batches (the file writer's own answer depends on the file system under it), and
+/// optionally holding the write of an object whose name contains a given text until the
+/// test opens a gate (or 10 s pass).
+struct SpyWriter {
     inner: FileWriter,
     batches: bool,
     calls: parking_lot::Mutex<Vec<usize>>,
+    gate: Option<Gate>,
 }
 
-impl Writer for CountingWriter {
+struct Gate {
+    gated: &'static str,
+    reached: std::sync::mpsc::SyncSender<()>,
+    open: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl SpyWriter {
+    fn new(inner: FileWriter, batches: bool, gate: Option<Gate>) -> Self {
+        SpyWriter {
+            inner,
+            batches,
+            calls: parking_lot::Mutex::new(Vec::new()),
+            gate,
+        }
+    }
+}
+
+impl Writer for SpyWriter {
     fn init(&self) -> data2parquet::Result<()> {
         self.inner.init()
     }
     fn write(&self, name: &str, data: &[u8]) -> data2parquet::Result<()> {
-        self.calls.lock().push(1);
-        self.inner.write(name, data)
+        self.write_many(&[(name, data)]).remove(0)
     }
     fn write_many(&self, objects: &[(&str, &[u8])]) -> Vec<data2parquet::Result<()>> {
         self.calls.lock().push(objects.len());
+        if let Some(gate) = &self.gate
+            && objects.iter().any(|(name, _)| name.contains(gate.gated))
+        {
+            let _ = gate.reached.send(());
+            let _ = gate
+                .open
+                .lock()
+                .recv_timeout(std::time::Duration::from_secs(10));
+        }
         self.inner.write_many(objects)
     }
     fn prefers_batches(&self) -> bool {
@@ -307,18 +335,18 @@ impl Writer for CountingWriter {
 }
 
 /// An engine whose writer counts its calls, with the given answer to `prefers_batches`.
-fn counted_engine(dir: &Path, batches: bool) -> (Receiver, Arc<ManualClock>, Arc<CountingWriter>) {
+fn counted_engine(dir: &Path, batches: bool) -> (Receiver, Arc<ManualClock>, Arc<SpyWriter>) {
     let c = config(dir, &[("BufferSize", "1000"), ("FlushWorkers", "1")]);
     let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
             .single()
             .expect("date"),
     ));
-    let writer = Arc::new(CountingWriter {
-        inner: FileWriter::new(&c.writer_file_path),
+    let writer = Arc::new(SpyWriter::new(
+        FileWriter::new(&c.writer_file_path),
         batches,
-        calls: parking_lot::Mutex::new(Vec::new()),
-    });
+        None,
+    ));
     let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
     let r = Receiver::new(c, buffer, writer.clone(), clock.clone(), Background::Manual)
         .expect("engine");
@@ -370,6 +398,66 @@ fn a_flush_round_hands_every_keys_files_over_at_once_and_a_failure_stays_its_own
         assert_eq!(seen.len(), 250, "batches {batches}");
         assert!(seen.values().all(|n| *n == 1), "no duplicates");
     }
+}
+
+#[test]
+fn a_key_is_let_go_as_soon_as_it_is_written_not_when_its_share_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = config(dir.path(), &[("BufferSize", "1000"), ("FlushWorkers", "1")]);
+    let out = dir.path().join("out");
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
+            .single()
+            .expect("date"),
+    ));
+    let (reached_tx, reached) = std::sync::mpsc::sync_channel(4);
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    let writer = Arc::new(SpyWriter::new(
+        FileWriter::new(&c.writer_file_path),
+        false,
+        Some(Gate {
+            gated: "app2",
+            reached: reached_tx,
+            open: parking_lot::Mutex::new(gate),
+        }),
+    ));
+    let buffer = Arc::new(MemBuffer::new(c.buffer_max_bytes));
+    let r = Receiver::new(c, buffer, writer, clock, Background::Manual).expect("engine");
+    // Keys are flushed in order: app1 first, then app2, whose write waits at the gate.
+    for key in ["cap:d:s:app1", "cap:d:s:app2"] {
+        r.push((0..10).map(|i| log(key, i)).collect(), Vec::new())
+            .expect("push");
+    }
+    std::thread::scope(|scope| {
+        let flushing = scope.spawn(|| r.flush().expect("flush"));
+        reached
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the flush reaches app2's write");
+        // app1 is written and let go: another thread can flush it while app2 waits.
+        r.push(
+            (10..20).map(|i| log("cap:d:s:app1", i)).collect(),
+            Vec::new(),
+        )
+        .expect("push");
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let r = &r;
+        scope.spawn(move || {
+            let report = r.flush_key("cap:d:s:app1").expect("flush app1");
+            let _ = done_tx.send(report.records);
+        });
+        let again = done.recv_timeout(std::time::Duration::from_secs(5));
+        open_gate.send(()).expect("open the gate");
+        assert_eq!(
+            again,
+            Ok(10),
+            "app1 was flushed again while app2's write was held"
+        );
+        assert_eq!(flushing.join().expect("flush thread").records, 20);
+    });
+    r.close().expect("close");
+    let seen = messages(&out);
+    assert_eq!(seen.len(), 30);
+    assert!(seen.values().all(|n| *n == 1), "no duplicates");
 }
 
 #[test]

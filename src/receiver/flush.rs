@@ -88,11 +88,31 @@ impl Files {
     }
 }
 
-/// How flushing one key went.
+/// One key of a flush: how it went, and what this thread holds of it until it is done
+/// (dropping them lets other threads and instances at the key, also on a panic).
 #[derive(Default)]
-struct Outcome {
+struct Outcome<'a> {
     report: FlushReport,
     error: Option<Error>,
+    claim: Option<KeyClaim<'a>>,
+    lock: Option<BufferLock<'a>>,
+}
+
+/// A key's buffer lock ([`crate::buffer::Buffer::try_lock`]), released when dropped.
+struct BufferLock<'a> {
+    inner: &'a Inner,
+    key: String,
+}
+
+impl Drop for BufferLock<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.inner.buffer.unlock(&self.key) {
+            log::warn!(
+                "releasing the lock of `{}` failed: {e}; it will expire by itself",
+                self.key
+            );
+        }
+    }
 }
 
 /// The batches of a flush round: their files, written together, and the records to clear
@@ -176,16 +196,17 @@ impl Inner {
         if self.config.redis_skip_flush {
             return Ok(FlushReport::default());
         }
-        let _exclusive = self.claim(key);
-        self.flush_claimed(&[key], mode)
+        let claim = self.claim(key);
+        self.flush_claimed(&[key], vec![claim], mode)
             .pop()
             .unwrap_or_else(|| Ok(FlushReport::default()))
     }
 
     /// Flushes `keys` together: their files are written in rounds, each handed to the
-    /// writer at once (the file writer then shares its syncs among them). Keys that
-    /// another thread of this process is flushing are done after, one by one, so a round
-    /// never waits for a key while holding others. One result per key, in order.
+    /// writer at once when it gains from it (the file writer then shares its syncs among
+    /// them). Keys that another thread of this process is flushing are done after, one by
+    /// one, so a round never waits for a key while holding others. One result per key,
+    /// in order.
     pub(super) fn flush_keys(&self, keys: &[String], mode: Mode) -> Vec<Result<FlushReport>> {
         if self.config.redis_skip_flush {
             return keys.iter().map(|_| Ok(FlushReport::default())).collect();
@@ -204,10 +225,9 @@ impl Inner {
         }
         let names: Vec<&str> = mine.iter().map(|&i| keys[i].as_str()).collect();
         let mut results: Vec<Option<Result<FlushReport>>> = keys.iter().map(|_| None).collect();
-        for (&i, result) in mine.iter().zip(self.flush_claimed(&names, mode)) {
+        for (&i, result) in mine.iter().zip(self.flush_claimed(&names, claims, mode)) {
             results[i] = Some(result);
         }
-        drop(claims);
         for i in busy {
             results[i] = Some(self.flush_key(&keys[i], mode));
         }
@@ -217,30 +237,43 @@ impl Inner {
             .collect()
     }
 
-    /// [`Inner::flush_keys`] for keys this thread has claimed, in rounds: each round takes
-    /// one batch of every key that has one, converts it, and writes the files of all of
-    /// them at once; a key whose batch was full goes on to the next round. A key's buffer
-    /// lock is taken at its first batch (a key locked by another instance is skipped and
-    /// reported) and released as soon as it is done, so no lock waits on other keys' work.
+    /// [`Inner::flush_keys`] for keys this thread has claimed (`claims`, one per key), in
+    /// rounds: each round takes one batch of every key that has one, converts it, and
+    /// writes the files; a key whose batch was full goes on to the next round. A key's
+    /// buffer lock is taken at its first batch (a key locked by another instance is
+    /// skipped and reported); its lock and claim are let go as soon as it is done.
     /// When the writer gains from batches ([`crate::writer::Writer::prefers_batches`]), a
-    /// round is handed over when it holds [`ROUND_FILES`] files or a 64th of
-    /// `BufferMaxBytes` (at least 256 KiB) of them, since its records stay buffered until
-    /// then; otherwise each key's files are handed over as soon as they are made.
-    fn flush_claimed(&self, keys: &[&str], mode: Mode) -> Vec<Result<FlushReport>> {
-        let size = self.config.buffer_size;
+    /// round's files are handed over together, at [`ROUND_FILES`] files or a 64th of
+    /// `BufferMaxBytes` (at least 256 KiB) of them, since their records stay buffered
+    /// until then; otherwise each key's files are handed over as soon as they are made.
+    fn flush_claimed<'a>(
+        &'a self,
+        keys: &[&str],
+        claims: Vec<KeyClaim<'a>>,
+        mode: Mode,
+    ) -> Vec<Result<FlushReport>> {
         let max_bytes = (self.config.buffer_max_bytes / 64).max(256 << 10);
         let batching = self.writer.prefers_batches();
-        let mut outcomes: Vec<Outcome> = keys.iter().map(|_| Outcome::default()).collect();
+        let mut outcomes: Vec<Outcome<'a>> = claims
+            .into_iter()
+            .map(|claim| Outcome {
+                claim: Some(claim),
+                ..Outcome::default()
+            })
+            .collect();
         let mut pending: Vec<usize> = (0..keys.len()).collect();
-        let mut locked = vec![false; keys.len()];
         while !pending.is_empty() {
             let mut round = Round::default();
-            let mut next = Vec::new();
             for &slot in &pending {
                 let key = keys[slot];
-                if !locked[slot] {
+                if outcomes[slot].lock.is_none() {
                     match self.buffer.try_lock(key) {
-                        Ok(true) => locked[slot] = true,
+                        Ok(true) => {
+                            outcomes[slot].lock = Some(BufferLock {
+                                inner: self,
+                                key: key.to_string(),
+                            });
+                        }
                         Ok(false) => {
                             self.counters
                                 .lock_contention
@@ -248,43 +281,38 @@ impl Inner {
                             log::debug!(
                                 "flush of `{key}` skipped: another instance holds its lock"
                             );
-                            outcomes[slot]
-                                .report
-                                .keys_locked_elsewhere
-                                .push(key.to_string());
+                            let outcome = &mut outcomes[slot];
+                            outcome.report.keys_locked_elsewhere.push(key.to_string());
+                            outcome.claim = None;
                             continue;
                         }
                         Err(e) => {
                             outcomes[slot].error = Some(e);
+                            outcomes[slot].claim = None;
                             continue;
                         }
                     }
                 }
                 let started = Instant::now();
                 match self.stage_batch(key, slot, mode) {
-                    Ok(None) => {}
+                    Ok(None) => self.release(key, mode, &mut outcomes[slot]),
                     Ok(Some((n, files))) => {
                         round.bytes += files.iter().map(|f| f.data.len()).sum::<usize>();
                         round.files.extend(files);
                         round.batches.push((slot, n, started));
-                        if n >= size {
-                            next.push(slot);
-                        }
                     }
-                    Err(e) => outcomes[slot].error = Some(e),
+                    Err(e) => {
+                        outcomes[slot].error = Some(e);
+                        self.release(key, mode, &mut outcomes[slot]);
+                    }
                 }
                 if !batching || round.files.len() >= ROUND_FILES || round.bytes >= max_bytes {
-                    self.finish_round(keys, std::mem::take(&mut round), &mut outcomes);
+                    self.finish_round(keys, std::mem::take(&mut round), mode, &mut outcomes);
                 }
             }
-            self.finish_round(keys, round, &mut outcomes);
-            next.retain(|&slot| outcomes[slot].error.is_none());
-            for &slot in &pending {
-                if locked[slot] && !next.contains(&slot) {
-                    self.release(keys[slot], mode, &mut outcomes[slot]);
-                }
-            }
-            pending = next;
+            self.finish_round(keys, round, mode, &mut outcomes);
+            // Keys whose batch was full and went well still hold their lock: the next round.
+            pending.retain(|&slot| outcomes[slot].lock.is_some());
         }
         outcomes
             .into_iter()
@@ -296,8 +324,8 @@ impl Inner {
     }
 
     /// After a key's last batch: forget when it started filling if it is empty, or start
-    /// its interval again if records stay; then release its buffer lock.
-    fn release(&self, key: &str, mode: Mode, outcome: &mut Outcome) {
+    /// its interval again if records stay; then let go of its lock and claim.
+    fn release(&self, key: &str, mode: Mode, outcome: &mut Outcome<'_>) {
         if outcome.error.is_none() {
             let remaining = self.buffer.len(key);
             let mut first = self.first_seen.lock();
@@ -313,9 +341,8 @@ impl Inner {
                 Err(e) => outcome.error = Some(e),
             }
         }
-        if let Err(e) = self.buffer.unlock(key) {
-            log::warn!("releasing the lock of `{key}` failed: {e}; it will expire by itself");
-        }
+        outcome.lock = None;
+        outcome.claim = None;
     }
 
     /// Reads the next batch of `key` and converts it into files (records that cannot be
@@ -349,21 +376,26 @@ impl Inner {
 
     /// Writes a round's files at once, then clears the flushed records of every key whose
     /// files are all written or kept in the recovery bucket.
-    fn finish_round(&self, keys: &[&str], round: Round, outcomes: &mut [Outcome]) {
+    /// Then a key is let go unless its batch was full (more may wait: the next round).
+    fn finish_round(&self, keys: &[&str], round: Round, mode: Mode, outcomes: &mut [Outcome<'_>]) {
         self.publish(round.files, outcomes);
+        let size = self.config.buffer_size;
         for (slot, n, started) in round.batches {
             let outcome = &mut outcomes[slot];
-            if outcome.error.is_some() {
-                continue;
+            if outcome.error.is_none() {
+                match self.buffer.clear(keys[slot], n) {
+                    Ok(()) => {
+                        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .flush_micros
+                            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => outcome.error = Some(e),
+                }
             }
-            if let Err(e) = self.buffer.clear(keys[slot], n) {
-                outcome.error = Some(e);
-                continue;
+            if outcome.error.is_some() || n < size {
+                self.release(keys[slot], mode, outcome);
             }
-            self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .flush_micros
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
     }
 
@@ -574,7 +606,7 @@ impl Inner {
     /// Writes staged files in one [`crate::writer::Writer::write_many`]; a file whose
     /// write fails is kept in the recovery bucket. A file that could be kept nowhere marks
     /// its key as failed (its records stay buffered).
-    fn publish(&self, files: Vec<Staged>, outcomes: &mut [Outcome]) {
+    fn publish(&self, files: Vec<Staged>, outcomes: &mut [Outcome<'_>]) {
         if files.is_empty() {
             return;
         }

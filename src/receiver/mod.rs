@@ -900,12 +900,14 @@ impl Inner {
                 }
             }
             let mut first_error = None;
-            for (key, result) in old.iter().zip(self.flush_keys(&old, Mode::All)) {
-                match result {
-                    Ok(r) => report.merge(r),
-                    Err(e) => {
-                        log::warn!("flush of `{key}` failed: {e}; its records stay buffered");
-                        first_error.get_or_insert(e);
+            for share in old.chunks(flush::KEYS_PER_ROUND) {
+                for (key, result) in share.iter().zip(self.flush_keys(share, Mode::All)) {
+                    match result {
+                        Ok(r) => report.merge(r),
+                        Err(e) => {
+                            log::warn!("flush of `{key}` failed: {e}; its records stay buffered");
+                            first_error.get_or_insert(e);
+                        }
                     }
                 }
             }

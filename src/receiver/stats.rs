@@ -48,7 +48,9 @@ pub struct Stats {
     pub recovery_spilled: u64,
     /// Flushes of a key that wrote at least one batch.
     pub flushes: u64,
-    /// Total time spent in those flushes, in microseconds.
+    /// The flushes' times added up, in microseconds: each from the start of its batch's
+    /// conversion until its records were cleared. The batches of a flush round overlap
+    /// (their files are written together), so this can exceed the wall time spent.
     pub flush_micros: u64,
     /// Flushes skipped because another instance held the key's lock.
     pub lock_contention: u64,

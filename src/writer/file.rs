@@ -16,8 +16,9 @@ use parking_lot::Mutex;
 use super::Writer;
 use crate::error::{Error, Result};
 
-/// How many files [`FileWriter`] keeps open while writing a batch.
-const OPEN_FILES: usize = 128;
+/// How many files [`FileWriter`] keeps open while writing a batch (per flush thread):
+/// enough to share the syncs, few enough for many threads under the usual 1024 limit.
+const OPEN_FILES: usize = 16;
 
 /// A temporary file written and not yet renamed into place.
 struct Staged {
