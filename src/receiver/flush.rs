@@ -237,6 +237,27 @@ impl Inner {
             .collect()
     }
 
+    /// [`Inner::flush_keys`] for the background work (the due queue, the interval): each
+    /// key's report goes into `report`, each failure is logged with its key, and the first
+    /// is kept in `first_error` (its records stay buffered, for a later try).
+    pub(super) fn flush_keys_logged(
+        &self,
+        keys: &[String],
+        mode: Mode,
+        report: &mut FlushReport,
+        first_error: &mut Option<Error>,
+    ) {
+        for (key, result) in keys.iter().zip(self.flush_keys(keys, mode)) {
+            match result {
+                Ok(r) => report.merge(r),
+                Err(e) => {
+                    log::warn!("flush of `{key}` failed: {e}; its records stay buffered");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+
     /// [`Inner::flush_keys`] for keys this thread has claimed (`claims`, one per key), in
     /// rounds: each round takes one batch of every key that has one, converts it, and
     /// writes the files; a key whose batch was full goes on to the next round. A key's
@@ -375,8 +396,8 @@ impl Inner {
     }
 
     /// Writes a round's files at once, then clears the flushed records of every key whose
-    /// files are all written or kept in the recovery bucket.
-    /// Then a key is let go unless its batch was full (more may wait: the next round).
+    /// files are all written or kept in the recovery bucket, and lets the key go unless
+    /// its batch was full (more may wait: the next round).
     fn finish_round(&self, keys: &[&str], round: Round, mode: Mode, outcomes: &mut [Outcome<'_>]) {
         self.publish(round.files, outcomes);
         let size = self.config.buffer_size;

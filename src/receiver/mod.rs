@@ -830,12 +830,8 @@ impl Inner {
                 }
                 (keys, mode)
             };
-            for (key, result) in keys.iter().zip(self.flush_keys(&keys, mode)) {
-                if let Err(e) = result {
-                    log::warn!("flush of `{key}` failed: {e}; its records stay buffered");
-                    first_error.get_or_insert(e);
-                }
-            }
+            let mut report = FlushReport::default();
+            self.flush_keys_logged(&keys, mode, &mut report, &mut first_error);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -901,15 +897,7 @@ impl Inner {
             }
             let mut first_error = None;
             for share in old.chunks(flush::KEYS_PER_ROUND) {
-                for (key, result) in share.iter().zip(self.flush_keys(share, Mode::All)) {
-                    match result {
-                        Ok(r) => report.merge(r),
-                        Err(e) => {
-                            log::warn!("flush of `{key}` failed: {e}; its records stay buffered");
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
+                self.flush_keys_logged(share, Mode::All, &mut report, &mut first_error);
             }
             if let Some(e) = first_error {
                 return Err(e);

@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
-
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
@@ -21,7 +20,7 @@ use crate::error::{Error, Result};
 const OPEN_FILES: usize = 16;
 
 /// A temporary file written and not yet renamed into place.
-struct Staged {
+struct TempFile {
     path: PathBuf,
     dir: PathBuf,
     tmp: PathBuf,
@@ -88,7 +87,7 @@ impl FileWriter {
     }
 
     /// Writes `data` to a new temporary file beside `name`'s final path.
-    fn stage(&self, name: &str, data: &[u8]) -> Result<Staged> {
+    fn stage(&self, name: &str, data: &[u8]) -> Result<TempFile> {
         let path = self.path_for(name)?;
         let dir = path
             .parent()
@@ -114,7 +113,7 @@ impl FileWriter {
             other => other,
         };
         match file {
-            Ok(file) => Ok(Staged {
+            Ok(file) => Ok(TempFile {
                 path,
                 dir,
                 tmp,
@@ -129,11 +128,11 @@ impl FileWriter {
 
     /// [`Writer::write_many`] for at most [`OPEN_FILES`] objects.
     fn write_chunk(&self, objects: &[(&str, &[u8])]) -> Vec<Result<()>> {
-        let mut staged: Vec<Result<Staged>> = objects
+        let mut staged: Vec<Result<TempFile>> = objects
             .iter()
             .map(|(name, data)| self.stage(name, data))
             .collect();
-        let fail = |s: &Staged, name: &str, e: std::io::Error| {
+        let fail = |s: &TempFile, name: &str, e: std::io::Error| {
             let _ = fs::remove_file(&s.tmp);
             self.error(name, e.to_string(), true)
         };
@@ -238,6 +237,7 @@ impl Writer for FileWriter {
         }
         results
     }
+
     fn close(&self) -> Result<()> {
         Ok(())
     }
