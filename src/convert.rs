@@ -193,8 +193,29 @@ macro_rules! string_columns {
             0 $(+ field_text!($kind, l.$field).map_or(0, str::len))*
         }
 
+        /// Calls `f(i, text)` for each string column of a record in column order, as
+        /// straight-line code: a row-major writer ([`LogRows`]) then does no per-field
+        /// dispatch on `i` (which is a constant in each call).
+        #[inline(always)]
+        fn each_text<'l, S: AsRef<str> + Ord>(
+            l: &'l LogOf<S>,
+            mut f: impl FnMut(usize, Option<&'l str>),
+        ) {
+            $(f($i, field_text!($kind, l.$field));)*
+        }
+
         /// Number of string columns.
         const STRINGS: usize = [$($i),*].len();
+
+        // The list is in column order, numbered from 0: `each_text` relies on it.
+        const _: () = {
+            let idx = [$($i),*];
+            let mut k = 0;
+            while k < idx.len() {
+                assert!(idx[k] == k, "string columns must be listed in order");
+                k += 1;
+            }
+        };
     };
 }
 
@@ -572,8 +593,9 @@ fn flag_of(code: u32) -> Option<bool> {
 /// Reads [`LogRows`]' streams in the order they were written.
 struct RowReader<'a> {
     blocks: &'a [String],
-    /// The block being read, and where in it.
+    /// The block being read (`cur`, `""` past the last), and where in it.
     block: usize,
+    cur: &'a str,
     at: usize,
     lens: &'a [u32],
     li: usize,
@@ -594,24 +616,23 @@ impl<'a> RowReader<'a> {
     }
 
     /// The next string, `None` for null. A string that does not fit in the rest of the
-    /// block being read starts the next one ([`TextBlocks::push`] put it there).
+    /// block being read starts the next one ([`TextBlocks::push`] put it there; an empty
+    /// string always fits, as it did when it was pushed).
+    #[inline]
     fn text(&mut self) -> Result<Option<&'a str>> {
         let n = self.word()?;
         if n == NULL_LEN {
             return Ok(None);
         }
-        if n == 0 {
-            return Ok(Some(""));
-        }
         let n = n as usize;
-        if self.at + n > self.blocks.get(self.block).map_or(0, String::len) {
+        if self.at + n > self.cur.len() {
             self.block += 1;
+            self.cur = self.blocks.get(self.block).map_or("", String::as_str);
             self.at = 0;
         }
         let s = self
-            .blocks
-            .get(self.block)
-            .and_then(|b| b.get(self.at..self.at + n))
+            .cur
+            .get(self.at..self.at + n)
             .ok_or_else(|| Error::Encode {
                 key: String::new(),
                 reason: "buffered text out of step (internal error)".into(),
@@ -658,12 +679,11 @@ impl LogRows {
         let before = self.text_bytes();
         let sz = &mut self.sizes;
         for r in rows {
-            for i in 0..STRINGS {
-                match text_of(r, i) {
-                    Some(v) => sz.str_bytes[i] += push_text(&mut self.text, &mut self.lens, v),
-                    None => self.lens.push(NULL_LEN),
-                }
-            }
+            let (text, lens) = (&mut self.text, &mut self.lens);
+            each_text(r, |i, v| match v {
+                Some(v) => sz.str_bytes[i] += push_text(text, lens, v),
+                None => lens.push(NULL_LEN),
+            });
             self.lens
                 .push(flag_code(r.audit) | flag_code(r.auto_index) << 2);
             for (j, list) in [&r.trace_ip, &r.tags].into_iter().enumerate() {
@@ -705,6 +725,7 @@ impl LogRows {
         RowReader {
             blocks: &self.text.blocks,
             block: 0,
+            cur: self.text.blocks.first().map_or("", String::as_str),
             at: 0,
             lens: &self.lens,
             li: 0,

@@ -13,7 +13,7 @@
 //! streams plus 5% for building the batches (perf, 200k generator records), and 11% more
 //! CPU in all (medians of 8 alternating runs, 1.49 s vs 1.33 s).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +22,7 @@ use arrow::record_batch::RecordBatch;
 use parking_lot::Mutex;
 
 use super::{Buffer, Columnar, DlqEntry, PushBatch, Record, RecoveryItem, RefGroup};
+use crate::FastMap;
 use crate::convert::{LogColumns, LogRows, logs_from_batch};
 use crate::error::{Error, Result};
 use crate::record::{Hour, LogOf, LogRef};
@@ -129,8 +130,8 @@ struct Side {
 /// the HTTP batch benchmark). The bound is one atomic counter, admitted before any row
 /// goes in.
 pub struct MemBuffer {
-    shards: Box<[Mutex<HashMap<String, KeyData>>]>,
-    hasher: std::collections::hash_map::RandomState,
+    shards: Box<[Mutex<FastMap<String, KeyData>>]>,
+    hasher: foldhash::fast::RandomState,
     side: Mutex<Side>,
     bytes: AtomicUsize,
     max_bytes: usize,
@@ -140,8 +141,10 @@ impl MemBuffer {
     /// A buffer that refuses pushes beyond `max_bytes` of counted record size.
     pub fn new(max_bytes: usize) -> Self {
         MemBuffer {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
+            hasher: foldhash::fast::RandomState::default(),
             side: Mutex::new(Side::default()),
             bytes: AtomicUsize::new(0),
             max_bytes,
@@ -149,7 +152,7 @@ impl MemBuffer {
     }
 
     /// The shard that holds `key`.
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, KeyData>> {
+    fn shard(&self, key: &str) -> &Mutex<FastMap<String, KeyData>> {
         let h = self.hasher.hash_one(key) as usize;
         &self.shards[h & (SHARDS - 1)]
     }
@@ -233,7 +236,7 @@ impl MemBuffer {
         let mut lens = vec![0; groups.len()];
         let mut appended = 0usize;
         let mut busy = Vec::new();
-        let mut append = |i: usize, shard: &mut HashMap<String, KeyData>| -> Result<()> {
+        let mut append = |i: usize, shard: &mut FastMap<String, KeyData>| -> Result<()> {
             let g = &groups[i];
             let data = match shard.get_mut(g.key) {
                 Some(data) => data,

@@ -7,7 +7,7 @@
 //! the recovery bucket, so a failure at any step loses nothing.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -24,6 +24,7 @@ use crate::convert::{EncodeOptions, LogColumns};
 use crate::error::{Error, Result};
 use crate::record::{Hour, Log, LogRef, format_time};
 use crate::writer::Writer;
+use crate::{FastMap, FastSet};
 
 /// How often the background thread looks at keys' ages and the recovery bucket.
 const TICK: Duration = Duration::from_millis(250);
@@ -55,12 +56,12 @@ struct Inner {
     /// The columns of dynamic records; `None` for `RecordType log`.
     dynamic: Option<crate::dynamic::Columns>,
     counters: Counters,
-    first_seen: Mutex<HashMap<String, DateTime<Utc>>>,
+    first_seen: Mutex<FastMap<String, DateTime<Utc>>>,
     /// Keys waiting for a flush worker, with how much to flush.
     due: Mutex<VecDeque<(String, Mode)>>,
     pressure: AtomicBool,
     /// Keys being flushed right now (a key is flushed by one thread at a time).
-    in_flight: Mutex<HashSet<String>>,
+    in_flight: Mutex<FastSet<String>>,
     in_flight_done: Condvar,
     dlq_lock: Mutex<()>,
     recovery_lock: Mutex<()>,
@@ -119,10 +120,10 @@ impl Receiver {
             writer,
             clock,
             counters: Counters::default(),
-            first_seen: Mutex::new(HashMap::new()),
+            first_seen: Mutex::new(FastMap::default()),
             due: Mutex::new(VecDeque::new()),
             pressure: AtomicBool::new(false),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(FastSet::default()),
             in_flight_done: Condvar::new(),
             dlq_lock: Mutex::new(()),
             recovery_lock: Mutex::new(()),
@@ -305,7 +306,7 @@ impl Receiver {
     /// group's arrival order (records are not moved).
     fn group_refs<'t>(&self, records: &mut [LogRef<'t>], now_text: &str) -> Grouping {
         let default_cap = self.inner.config.default_capability();
-        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut index: FastMap<String, usize> = FastMap::default();
         let mut g = Grouping {
             keys: Vec::new(),
             members: Vec::new(),
