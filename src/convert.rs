@@ -172,7 +172,8 @@ macro_rules! field_text {
 }
 
 /// The 26 string columns, in [`COLUMNS`] order, listed once: [`text_of`] (column `i` of a
-/// record) and [`text_len`] (all their bytes) are made from this list.
+/// record), [`text_len`] (all their bytes) and [`each_text`] (every column of a record, in
+/// order) are made from this list.
 macro_rules! string_columns {
     ($($i:literal $kind:ident $field:ident),* $(,)?) => {
         /// String column `i` of a record (`None` = null). Called in loops over one column,

@@ -36,6 +36,7 @@ pub use record::{Log, LogRef};
 
 use buffer::Buffer;
 use config::{BufferType, WriterType};
+use writer::Writer;
 
 /// A hash map for the engine's hot per-key maps (keys of a push, key shards, first-seen
 /// times). The standard map's SipHash took ~0.8% of json2parquet's CPU on these short
@@ -45,7 +46,6 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 
 /// The set counterpart of [`FastMap`].
 pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-use writer::Writer;
 
 /// Builds the buffer a configuration names.
 pub fn build_buffer(config: &Config) -> Result<Arc<dyn Buffer>> {
