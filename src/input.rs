@@ -2,8 +2,9 @@
 //! JSON Lines, a JSON array of records, and the seed's `{"logs": [...]}` document.
 //! Memory stays bounded: records are handed to a sink in batches as they are read.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::BufRead;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -265,10 +266,33 @@ pub fn line_slices(data: &[u8], lines: usize) -> (Vec<(&[u8], u64)>, usize) {
     (slices, count)
 }
 
-/// The turn of one block of [`read_input_parallel`]: blocks take turns in input order.
+/// The turn of one block of [`read_input_parallel`]: blocks push in input order.
+///
+/// A block whose turn has not come yet does not just wait for it: its thread first takes
+/// the next block, decodes and prepares that one too, and only then pushes both, each in
+/// its turn (see [`Turn::push`]). Waiting outright left a core idle whenever the block
+/// before was on a thread the scheduler had set aside for a flusher.
 pub struct Turn<'t> {
     seq: u64,
-    order: &'t Order,
+    /// `None` when reading on one thread: every push is in order already.
+    pipeline: Option<&'t dyn Ahead>,
+    /// For a block taken ahead: the push of the block before it on this thread, which
+    /// must go first (and pass its own turn on).
+    before: Cell<Option<&'t mut dyn FnMut()>>,
+    /// Whether this block's turn was passed on.
+    passed: Cell<bool>,
+}
+
+/// What a [`Turn`] needs of the pipeline it belongs to.
+trait Ahead: Sync {
+    /// Which block's turn it is.
+    fn order(&self) -> &Order;
+    /// Whether block `seq` is not to be pushed: an earlier block failed.
+    fn stops_before(&self, seq: u64) -> bool;
+    /// The next block, when one is ready now.
+    fn take_ready(&self) -> Option<(u64, Block)>;
+    /// Decodes and processes a block taken ahead, with the push that goes before it.
+    fn run(&self, seq: u64, block: &Block, before: &mut dyn FnMut());
 }
 
 /// Which block's turn it is.
@@ -279,30 +303,194 @@ struct Order {
 }
 
 impl Turn<'_> {
-    /// Waits until every earlier block has had its turn (at once when it already has).
-    pub fn wait(&self) {
-        let mut next = self.order.next.lock();
-        while *next != self.seq {
-            self.order.turned.wait(&mut next);
+    /// Runs `push` in this block's turn, after every earlier block's push, then passes
+    /// the turn on; returns what `push` returned. Call it once, after the work that can
+    /// be done out of order. When an earlier block failed, `push` is not run (the read
+    /// stops) and this returns [`Error::Closed`].
+    pub fn push(&self, push: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        if self.passed.get() {
+            return Err(Error::Buffer(
+                "a block was pushed twice (internal error)".into(),
+            ));
+        }
+        if let Some(p) = self.pipeline
+            && !self.is_turn(p)
+            && let Some((seq, block)) = self.take_ahead(p)
+        {
+            let mut outcome = None;
+            let mut mine = || outcome = Some(self.in_turn(p, &mut *push));
+            p.run(seq, &block, &mut mine);
+            // `run` always runs `mine` (see `Turn::finish`), so `outcome` is set.
+            return outcome.unwrap_or(Err(Error::Closed));
+        }
+        match self.pipeline {
+            Some(p) => self.in_turn(p, push),
+            None => push(),
         }
     }
 
-    /// Waits for this turn, then passes it on to the next block.
-    fn pass(&self) {
-        self.wait();
-        *self.order.next.lock() += 1;
-        self.order.turned.notify_all();
+    /// Whether it is this block's turn now.
+    fn is_turn(&self, p: &dyn Ahead) -> bool {
+        *p.order().next.lock() == self.seq
+    }
+
+    /// The next block, unless this block was itself taken ahead (one at a time, which
+    /// bounds the blocks in flight: two per thread, and those in the channel).
+    fn take_ahead(&self, p: &dyn Ahead) -> Option<(u64, Block)> {
+        let before = self.before.take();
+        let ahead = before.is_none();
+        self.before.set(before);
+        if ahead { p.take_ready() } else { None }
+    }
+
+    /// Runs the push that goes before this block (if not yet), waits for this turn, runs
+    /// `push` unless the read is stopping, and passes the turn on.
+    fn in_turn(&self, p: &dyn Ahead, push: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        self.wait(p);
+        let outcome = if p.stops_before(self.seq) {
+            Err(Error::Closed)
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(push))
+                .unwrap_or_else(|_| Err(Error::Buffer("a push panicked".into())))
+        };
+        self.pass(p);
+        outcome
+    }
+
+    /// Passes this block's turn on if its push did not (the push that goes before it
+    /// first), so later blocks never wait forever.
+    fn finish(&self, p: &dyn Ahead) {
+        if !self.passed.get() {
+            self.wait(p);
+            self.pass(p);
+        }
+    }
+
+    /// Runs the push that goes before this block (if not yet), then waits for this turn.
+    fn wait(&self, p: &dyn Ahead) {
+        if let Some(before) = self.before.take() {
+            before();
+        }
+        let order = p.order();
+        let mut next = order.next.lock();
+        while *next != self.seq {
+            order.turned.wait(&mut next);
+        }
+    }
+
+    fn pass(&self, p: &dyn Ahead) {
+        let order = p.order();
+        *order.next.lock() += 1;
+        order.turned.notify_all();
+        self.passed.set(true);
+    }
+}
+
+/// The shared state of [`read_input_parallel`]'s decoding threads.
+struct Pipeline<'s, P> {
+    jobs: parking_lot::Mutex<std::sync::mpsc::Receiver<(u64, Block)>>,
+    order: Order,
+    /// The first block that failed (`u64::MAX`: none), and its error: the blocks after
+    /// it are not pushed, the blocks before it are.
+    failed_at: AtomicU64,
+    first_error: parking_lot::Mutex<Option<(u64, Error)>>,
+    records: AtomicU64,
+    rejected: AtomicU64,
+    process: &'s P,
+    name: &'s str,
+    kind: RecordType,
+}
+
+impl<P> Pipeline<'_, P>
+where
+    P: for<'b> Fn(Vec<LogRef<'b>>, Vec<Rejected>, &Turn<'_>) -> Result<()> + Sync,
+{
+    /// A decoding thread: blocks from the channel until it closes.
+    fn work(&self) {
+        loop {
+            let job = self.jobs.lock().recv();
+            let Ok((seq, block)) = job else { break };
+            self.block(seq, &block, None);
+        }
+    }
+
+    /// Decodes a block and processes it; whatever happens, the push `before` it (if any)
+    /// is run and the block's turn is passed on, so later blocks never wait forever.
+    fn block<'a>(&'a self, seq: u64, block: &Block, before: Option<&'a mut (dyn FnMut() + 'a)>) {
+        let turn = Turn {
+            seq,
+            pipeline: Some(self),
+            before: Cell::new(before),
+            passed: Cell::new(false),
+        };
+        if !self.stops_before(seq) {
+            let (logs, bad) =
+                decode_json_lines(&block.data, block.first_line, self.name, self.kind);
+            let (r, j) = (logs.len() as u64, bad.len() as u64);
+            if r > 0 || j > 0 {
+                let run = std::panic::AssertUnwindSafe(|| (self.process)(logs, bad, &turn));
+                let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                    Err(Error::Buffer(format!(
+                        "processing lines {}.. of {} panicked",
+                        block.first_line, self.name
+                    )))
+                });
+                match outcome {
+                    Ok(()) => {
+                        self.records.fetch_add(r, Ordering::Relaxed);
+                        self.rejected.fetch_add(j, Ordering::Relaxed);
+                    }
+                    Err(e) => self.fail(seq, e),
+                }
+            }
+        }
+        turn.finish(self);
+    }
+
+    /// Records the error of block `seq`: the read stops, and the error returned is that
+    /// of the earliest block that failed.
+    fn fail(&self, seq: u64, e: Error) {
+        let mut first = self.first_error.lock();
+        if first.as_ref().is_none_or(|(at, _)| seq < *at) {
+            *first = Some((seq, e));
+        }
+        self.failed_at.fetch_min(seq, Ordering::AcqRel);
+    }
+
+    fn failed(&self) -> bool {
+        self.failed_at.load(Ordering::Acquire) != u64::MAX
+    }
+}
+
+impl<P> Ahead for Pipeline<'_, P>
+where
+    P: for<'b> Fn(Vec<LogRef<'b>>, Vec<Rejected>, &Turn<'_>) -> Result<()> + Sync,
+{
+    fn order(&self) -> &Order {
+        &self.order
+    }
+
+    fn stops_before(&self, seq: u64) -> bool {
+        self.failed_at.load(Ordering::Acquire) < seq
+    }
+
+    fn take_ready(&self) -> Option<(u64, Block)> {
+        self.jobs.try_lock()?.try_recv().ok()
+    }
+
+    fn run(&self, seq: u64, block: &Block, before: &mut dyn FnMut()) {
+        self.block(seq, block, Some(before));
     }
 }
 
 /// Like [`read_input`], but JSON Lines are decoded by `threads` threads in parallel, each
 /// block of lines then handed to `process` on the thread that decoded it, with its records
 /// borrowing their text from the block. `process` does what it can in parallel (for
-/// json2parquet: grouping by key, sizes, encoding), then calls [`Turn::wait`] before what
-/// must happen in input order (the push: records of a key keep their order). At most
-/// `2 * threads` blocks are in flight, so memory stays bounded. The first error stops the
-/// read and is returned. Other formats, and `threads <= 1`, are read by [`read_input`] on
-/// this thread.
+/// json2parquet: grouping by key, sizes, encoding), then hands what must happen in input
+/// order (the push: records of a key keep their order) to [`Turn::push`]. At most
+/// `3 * threads` blocks are in flight, so memory stays bounded. The first error stops the
+/// read (no later push runs) and is returned. Other formats, and `threads <= 1`, are read
+/// by [`read_input`] on this thread.
 pub fn read_input_parallel<R, P>(
     mut reader: R,
     name: &str,
@@ -315,68 +503,38 @@ where
     R: BufRead + Send,
     P: for<'b> Fn(Vec<LogRef<'b>>, Vec<Rejected>, &Turn<'_>) -> Result<()> + Sync,
 {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::mpsc::sync_channel;
     if threads <= 1 || detect(&mut reader)? != Format::JsonLines {
-        let order = Order::default();
         return read_input(reader, name, kind, batch, &mut |records, rejected| {
             let turn = Turn {
                 seq: 0,
-                order: &order,
+                pipeline: None,
+                before: Cell::new(None),
+                passed: Cell::new(false),
             };
             process(records.iter().map(Log::borrowed).collect(), rejected, &turn)
         });
     }
-    let (job_tx, job_rx) = sync_channel::<(u64, Block)>(threads);
-    let job_rx = parking_lot::Mutex::new(job_rx);
-    let order = Order::default();
-    let failed = AtomicBool::new(false);
-    let first_error: parking_lot::Mutex<Option<Error>> = parking_lot::Mutex::new(None);
-    let (records, rejected) = (AtomicU64::new(0), AtomicU64::new(0));
-    std::thread::scope(|scope| {
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(u64, Block)>(threads);
+    let pipeline = Pipeline {
+        jobs: parking_lot::Mutex::new(job_rx),
+        order: Order::default(),
+        failed_at: AtomicU64::new(u64::MAX),
+        first_error: parking_lot::Mutex::new(None),
+        records: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        process,
+        name,
+        kind,
+    };
+    let read = std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    let job = job_rx.lock().recv();
-                    let Ok((seq, block)) = job else { break };
-                    let turn = Turn { seq, order: &order };
-                    if !failed.load(Ordering::Acquire) {
-                        let (logs, bad) =
-                            decode_json_lines(&block.data, block.first_line, name, kind);
-                        let (r, j) = (logs.len() as u64, bad.len() as u64);
-                        let outcome = if r == 0 && j == 0 {
-                            Ok(())
-                        } else {
-                            // A panic must not leave later blocks waiting for this turn.
-                            let run = std::panic::AssertUnwindSafe(|| process(logs, bad, &turn));
-                            std::panic::catch_unwind(run).unwrap_or_else(|_| {
-                                Err(Error::Buffer(format!(
-                                    "processing lines {}.. of {name} panicked",
-                                    block.first_line
-                                )))
-                            })
-                        };
-                        match outcome {
-                            Ok(()) => {
-                                records.fetch_add(r, Ordering::Relaxed);
-                                rejected.fetch_add(j, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                failed.store(true, Ordering::Release);
-                                first_error.lock().get_or_insert(e);
-                            }
-                        }
-                    }
-                    // Later blocks wait for this one's turn even after a failure.
-                    turn.pass();
-                }
-            });
+            scope.spawn(|| pipeline.work());
         }
         let mut bytes = 0;
         let mut line_no = 0;
         let mut seq = 0;
         let read = loop {
-            if failed.load(Ordering::Acquire) {
+            if pipeline.failed() {
                 break Ok(());
             }
             match read_block(&mut reader, name, batch, &mut line_no) {
@@ -394,12 +552,12 @@ where
         // The workers finish what was sent, then see the channel closed.
         drop(job_tx);
         read.map(|()| bytes)
-    })
-    .and_then(|bytes| match first_error.into_inner() {
-        Some(e) => Err(e),
+    });
+    read.and_then(|bytes| match pipeline.first_error.into_inner() {
+        Some((_, e)) => Err(e),
         None => Ok(ReadStats {
-            records: records.into_inner(),
-            rejected: rejected.into_inner(),
+            records: pipeline.records.into_inner(),
+            rejected: pipeline.rejected.into_inner(),
             bytes,
         }),
     })
@@ -710,13 +868,15 @@ mod tests {
             64,
             3,
             &|l: Vec<LogRef<'_>>, b: Vec<Rejected>, turn: &Turn<'_>| {
-                let owned: Vec<Log> = l.into_iter().map(LogRef::into_owned).collect();
-                turn.wait();
-                let mut c = collected.lock();
-                c.0.extend(owned);
-                c.1.extend(b);
-                c.2 += 1;
-                Ok(())
+                let mut owned: Vec<Log> = l.into_iter().map(LogRef::into_owned).collect();
+                let mut b = b;
+                turn.push(&mut || {
+                    let mut c = collected.lock();
+                    c.0.append(&mut owned);
+                    c.1.append(&mut b);
+                    c.2 += 1;
+                    Ok(())
+                })
             },
         )
         .expect("read");
@@ -737,6 +897,85 @@ mod tests {
     }
 
     #[test]
+    fn a_block_waiting_for_its_turn_takes_the_next_one_ahead() {
+        let input: String = (0..40)
+            .map(|i| format!("{{\"message\":\"m{i}\"}}\n"))
+            .collect();
+        // Block 0 is slow to push: meanwhile the other thread prepares block 1, then
+        // (instead of waiting for block 0) takes block 2 ahead and prepares it too.
+        let prepared_before_first_push = parking_lot::Mutex::new(None);
+        let prepared = AtomicU64::new(0);
+        let pushed = parking_lot::Mutex::new(Vec::new());
+        read_input_parallel(
+            input.as_bytes(),
+            "in.jsonl",
+            RecordType::Log,
+            1,
+            2,
+            &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
+                prepared.fetch_add(1, Ordering::SeqCst);
+                let message = l[0].message.to_string();
+                // m1 gives the reading thread time to send block 2.
+                let nap = match message.as_str() {
+                    "m0" => 600,
+                    "m1" => 100,
+                    _ => 0,
+                };
+                std::thread::sleep(std::time::Duration::from_millis(nap));
+                turn.push(&mut || {
+                    if message == "m0" {
+                        *prepared_before_first_push.lock() = Some(prepared.load(Ordering::SeqCst));
+                    }
+                    pushed.lock().push(message.clone());
+                    Ok(())
+                })
+            },
+        )
+        .expect("read");
+        let want: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+        assert_eq!(*pushed.lock(), want, "pushed in input order");
+        let ahead = prepared_before_first_push.lock().expect("m0 pushed");
+        assert!(
+            ahead >= 3,
+            "blocks 0, 1 and 2 prepared before block 0's push, got {ahead}"
+        );
+    }
+
+    #[test]
+    fn a_failure_ahead_keeps_the_blocks_before_it() {
+        let input: String = (0..40)
+            .map(|i| format!("{{\"message\":\"m{i}\"}}\n"))
+            .collect();
+        let pushed = parking_lot::Mutex::new(Vec::new());
+        let err = read_input_parallel(
+            input.as_bytes(),
+            "in.jsonl",
+            RecordType::Log,
+            1,
+            2,
+            &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
+                let message = l[0].message.to_string();
+                match message.as_str() {
+                    "m0" | "m1" => std::thread::sleep(std::time::Duration::from_millis(100)),
+                    "m2" => return Err(Error::Buffer("m2 refused".into())),
+                    _ => {}
+                }
+                turn.push(&mut || {
+                    pushed.lock().push(message.clone());
+                    Ok(())
+                })
+            },
+        )
+        .expect_err("m2 fails");
+        assert!(err.to_string().contains("m2 refused"), "{err}");
+        assert_eq!(
+            *pushed.lock(),
+            ["m0", "m1"],
+            "before the failure: pushed; after: not"
+        );
+    }
+
+    #[test]
     fn parallel_reading_stops_at_the_first_error() {
         let input: String = (0..10_000)
             .map(|i| format!("{{\"message\":\"m{i}\"}}\n"))
@@ -749,14 +988,15 @@ mod tests {
             10,
             2,
             &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
-                turn.wait();
-                let mut seen = seen.lock();
-                *seen += l.len();
-                if *seen >= 100 {
-                    Err(Error::Closed)
-                } else {
-                    Ok(())
-                }
+                turn.push(&mut || {
+                    let mut seen = seen.lock();
+                    *seen += l.len();
+                    if *seen >= 100 {
+                        Err(Error::Closed)
+                    } else {
+                        Ok(())
+                    }
+                })
             },
         )
         .expect_err("process error");
@@ -783,8 +1023,7 @@ mod tests {
             2,
             &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| -> Result<()> {
                 assert!(l.iter().all(|r| r.message != "m55"), "a bug");
-                turn.wait();
-                Ok(())
+                turn.push(&mut || Ok(()))
             },
         )
         .expect_err("panic");

@@ -112,10 +112,11 @@ fn convert_input(
                 .collect();
             let mut records = records;
             let prepared = receiver.prepare_borrowed(&mut records, dlq)?;
-            turn.wait();
-            receiver
-                .push_borrowed(&prepared, Some(PUSH_TIMEOUT))
-                .map(|_| ())
+            turn.push(&mut || {
+                receiver
+                    .push_borrowed(&prepared, Some(PUSH_TIMEOUT))
+                    .map(|_| ())
+            })
         };
     let kind = receiver.config().record_type;
     let stats = read_input_parallel(reader, &name, kind, PUSH_BATCH, decode_threads(), &process)?;
