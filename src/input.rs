@@ -898,11 +898,16 @@ mod tests {
         assert!(calls > 10, "{calls} calls");
     }
 
+    /// JSON Lines `{"message":"m0"}`, `{"message":"m1"}`, ... (`n` of them).
+    fn messages(n: usize) -> String {
+        (0..n)
+            .map(|i| format!("{{\"message\":\"m{i}\"}}\n"))
+            .collect()
+    }
+
     #[test]
     fn a_block_waiting_for_its_turn_takes_the_next_one_ahead() {
-        let input: String = (0..40)
-            .map(|i| format!("{{\"message\":\"m{i}\"}}\n"))
-            .collect();
+        let input = messages(40);
         // Block 0 is slow to push: meanwhile the other thread prepares block 1, then
         // (instead of waiting for block 0) takes block 2 ahead and prepares it too.
         let prepared_before_first_push = parking_lot::Mutex::new(None);
@@ -945,9 +950,7 @@ mod tests {
 
     #[test]
     fn a_failure_ahead_keeps_the_blocks_before_it() {
-        let input: String = (0..40)
-            .map(|i| format!("{{\"message\":\"m{i}\"}}\n"))
-            .collect();
+        let input = messages(40);
         let pushed = parking_lot::Mutex::new(Vec::new());
         let err = read_input_parallel(
             input.as_bytes(),
@@ -979,9 +982,7 @@ mod tests {
 
     #[test]
     fn parallel_reading_stops_at_the_first_error() {
-        let input: String = (0..10_000)
-            .map(|i| format!("{{\"message\":\"m{i}\"}}\n"))
-            .collect();
+        let input = messages(10_000);
         let seen = parking_lot::Mutex::new(0);
         let err = read_input_parallel(
             input.as_bytes(),
