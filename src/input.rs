@@ -488,7 +488,7 @@ where
 /// borrowing their text from the block. `process` does what it can in parallel (for
 /// json2parquet: grouping by key, sizes, encoding), then hands what must happen in input
 /// order (the push: records of a key keep their order) to [`Turn::push`]. At most
-/// `4 * threads` blocks are in flight, so memory stays bounded. The first error stops the
+/// `3 * threads` blocks are in flight, so memory stays bounded. The first error stops the
 /// read (no later push runs) and is returned. Other formats, and `threads <= 1`, are read
 /// by [`read_input`] on this thread.
 pub fn read_input_parallel<R, P>(
@@ -514,9 +514,7 @@ where
             process(records.iter().map(Log::borrowed).collect(), rejected, &turn)
         });
     }
-    // Two blocks ready per thread: a thread that takes one ahead leaves one for the other
-    // (with one per thread, the other often waited for the reading thread to get a core).
-    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(u64, Block)>(2 * threads);
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<(u64, Block)>(threads);
     let pipeline = Pipeline {
         jobs: parking_lot::Mutex::new(job_rx),
         order: Order::default(),
