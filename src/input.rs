@@ -289,6 +289,9 @@ trait Ahead: Sync {
     fn order(&self) -> &Order;
     /// Whether block `seq` is not to be pushed: an earlier block failed.
     fn stops_before(&self, seq: u64) -> bool;
+    /// Block `seq`'s push failed: no later block is pushed (its error reaches the reader
+    /// through `process`' result).
+    fn stop_after(&self, seq: u64);
     /// The next block, when one is ready now.
     fn take_ready(&self) -> Option<(u64, Block)>;
     /// Decodes and processes a block taken ahead, with the push that goes before it.
@@ -306,7 +309,8 @@ impl Turn<'_> {
     /// Runs `push` in this block's turn, after every earlier block's push, then passes
     /// the turn on; returns what `push` returned. Call it once, after the work that can
     /// be done out of order. When an earlier block failed, `push` is not run (the read
-    /// stops) and this returns [`Error::Closed`].
+    /// stops) and this returns [`Error::Closed`]; when `push` fails, no later block is
+    /// pushed.
     pub fn push(&self, push: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         if self.passed.get() {
             return Err(Error::Buffer(
@@ -353,6 +357,10 @@ impl Turn<'_> {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(push))
                 .unwrap_or_else(|_| Err(Error::Buffer("a push panicked".into())))
         };
+        // Before the turn is passed on: the next block must not push after this one failed.
+        if outcome.is_err() {
+            p.stop_after(self.seq);
+        }
         self.pass(p);
         outcome
     }
@@ -424,24 +432,27 @@ where
             passed: Cell::new(false),
         };
         if !self.stops_before(seq) {
-            let (logs, bad) =
-                decode_json_lines(&block.data, block.first_line, self.name, self.kind);
-            let (r, j) = (logs.len() as u64, bad.len() as u64);
-            if r > 0 || j > 0 {
-                let run = std::panic::AssertUnwindSafe(|| (self.process)(logs, bad, &turn));
-                let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| {
-                    Err(Error::Buffer(format!(
-                        "processing lines {}.. of {} panicked",
-                        block.first_line, self.name
-                    )))
-                });
-                match outcome {
-                    Ok(()) => {
-                        self.records.fetch_add(r, Ordering::Relaxed);
-                        self.rejected.fetch_add(j, Ordering::Relaxed);
-                    }
-                    Err(e) => self.fail(seq, e),
+            let run = std::panic::AssertUnwindSafe(|| {
+                let (logs, bad) =
+                    decode_json_lines(&block.data, block.first_line, self.name, self.kind);
+                let counts = (logs.len() as u64, bad.len() as u64);
+                if counts == (0, 0) {
+                    return Ok(counts);
                 }
+                (self.process)(logs, bad, &turn).map(|()| counts)
+            });
+            let outcome = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                Err(Error::Buffer(format!(
+                    "processing lines {}.. of {} panicked",
+                    block.first_line, self.name
+                )))
+            });
+            match outcome {
+                Ok((r, j)) => {
+                    self.records.fetch_add(r, Ordering::Relaxed);
+                    self.rejected.fetch_add(j, Ordering::Relaxed);
+                }
+                Err(e) => self.fail(seq, e),
             }
         }
         turn.finish(self);
@@ -472,6 +483,10 @@ where
 
     fn stops_before(&self, seq: u64) -> bool {
         self.failed_at.load(Ordering::Acquire) < seq
+    }
+
+    fn stop_after(&self, seq: u64) {
+        self.failed_at.fetch_min(seq, Ordering::AcqRel);
     }
 
     fn take_ready(&self) -> Option<(u64, Block)> {
@@ -553,8 +568,13 @@ where
         drop(job_tx);
         read.map(|()| bytes)
     });
+    let stopped = pipeline.failed();
     read.and_then(|bytes| match pipeline.first_error.into_inner() {
         Some((_, e)) => Err(e),
+        // A push failed and `process` did not return its error.
+        None if stopped => Err(Error::Buffer(format!(
+            "a push of {name} failed and the read stopped (its error was not returned)"
+        ))),
         None => Ok(ReadStats {
             records: pipeline.records.into_inner(),
             rejected: pipeline.rejected.into_inner(),
@@ -950,6 +970,8 @@ mod tests {
     fn a_failure_ahead_keeps_the_blocks_before_it() {
         let input = messages(40);
         let pushed = parking_lot::Mutex::new(Vec::new());
+        let m2_seen = std::sync::atomic::AtomicBool::new(false);
+        let m2_seen_before_m0 = parking_lot::Mutex::new(None);
         let err = read_input_parallel(
             input.as_bytes(),
             "in.jsonl",
@@ -959,11 +981,19 @@ mod tests {
             &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
                 let message = l[0].message.to_string();
                 match message.as_str() {
-                    "m0" | "m1" => std::thread::sleep(std::time::Duration::from_millis(100)),
-                    "m2" => return Err(Error::Buffer("m2 refused".into())),
+                    // m0 is slow: the thread of m1 takes m2 ahead, which fails.
+                    "m0" => std::thread::sleep(std::time::Duration::from_millis(600)),
+                    "m1" => std::thread::sleep(std::time::Duration::from_millis(100)),
+                    "m2" => {
+                        m2_seen.store(true, Ordering::SeqCst);
+                        return Err(Error::Buffer("m2 refused".into()));
+                    }
                     _ => {}
                 }
                 turn.push(&mut || {
+                    if message == "m0" {
+                        *m2_seen_before_m0.lock() = Some(m2_seen.load(Ordering::SeqCst));
+                    }
                     pushed.lock().push(message.clone());
                     Ok(())
                 })
@@ -975,6 +1005,43 @@ mod tests {
             *pushed.lock(),
             ["m0", "m1"],
             "before the failure: pushed; after: not"
+        );
+        assert_eq!(*m2_seen_before_m0.lock(), Some(true), "m2 was taken ahead");
+    }
+
+    #[test]
+    fn a_failed_push_stops_the_block_taken_ahead() {
+        let input = messages(40);
+        let pushed = parking_lot::Mutex::new(Vec::new());
+        let err = read_input_parallel(
+            input.as_bytes(),
+            "in.jsonl",
+            RecordType::Log,
+            1,
+            2,
+            &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
+                let message = l[0].message.to_string();
+                match message.as_str() {
+                    // m0 is slow: the thread of m1 takes m2 ahead; then m1's push fails.
+                    "m0" => std::thread::sleep(std::time::Duration::from_millis(600)),
+                    "m1" => std::thread::sleep(std::time::Duration::from_millis(100)),
+                    _ => {}
+                }
+                turn.push(&mut || {
+                    if message == "m1" {
+                        return Err(Error::Buffer("m1's push refused".into()));
+                    }
+                    pushed.lock().push(message.clone());
+                    Ok(())
+                })
+            },
+        )
+        .expect_err("m1's push fails");
+        assert!(err.to_string().contains("m1's push refused"), "{err}");
+        assert_eq!(
+            *pushed.lock(),
+            ["m0"],
+            "nothing pushed after the failed push"
         );
     }
 
