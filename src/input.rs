@@ -923,14 +923,13 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_block_waiting_for_its_turn_takes_the_next_one_ahead() {
+    /// Reads 40 one-line blocks on two threads, handing each block's message and turn to
+    /// `f`. Block 0 is slow (600 ms before `f`), block 1 a little (100 ms: time for the
+    /// reading thread to send block 2), so the thread of block 1 takes block 2 ahead.
+    fn read_with_block_0_slow(
+        f: &(dyn Fn(String, &Turn<'_>) -> Result<()> + Sync),
+    ) -> Result<ReadStats> {
         let input = messages(40);
-        // Block 0 is slow to push: meanwhile the other thread prepares block 1, then
-        // (instead of waiting for block 0) takes block 2 ahead and prepares it too.
-        let prepared_before_first_push = parking_lot::Mutex::new(None);
-        let prepared = AtomicU64::new(0);
-        let pushed = parking_lot::Mutex::new(Vec::new());
         read_input_parallel(
             input.as_bytes(),
             "in.jsonl",
@@ -938,24 +937,35 @@ mod tests {
             1,
             2,
             &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
-                prepared.fetch_add(1, Ordering::SeqCst);
                 let message = l[0].message.to_string();
-                // m1 gives the reading thread time to send block 2.
                 let nap = match message.as_str() {
                     "m0" => 600,
                     "m1" => 100,
                     _ => 0,
                 };
                 std::thread::sleep(std::time::Duration::from_millis(nap));
-                turn.push(&mut || {
-                    if message == "m0" {
-                        *prepared_before_first_push.lock() = Some(prepared.load(Ordering::SeqCst));
-                    }
-                    pushed.lock().push(message.clone());
-                    Ok(())
-                })
+                f(message, turn)
             },
         )
+    }
+
+    #[test]
+    fn a_block_waiting_for_its_turn_takes_the_next_one_ahead() {
+        // Block 0 is slow to push: meanwhile the other thread prepares block 1, then
+        // (instead of waiting for block 0) takes block 2 ahead and prepares it too.
+        let prepared_before_first_push = parking_lot::Mutex::new(None);
+        let prepared = AtomicU64::new(0);
+        let pushed = parking_lot::Mutex::new(Vec::new());
+        read_with_block_0_slow(&|message, turn| {
+            prepared.fetch_add(1, Ordering::SeqCst);
+            turn.push(&mut || {
+                if message == "m0" {
+                    *prepared_before_first_push.lock() = Some(prepared.load(Ordering::SeqCst));
+                }
+                pushed.lock().push(message.clone());
+                Ok(())
+            })
+        })
         .expect("read");
         let want: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
         assert_eq!(*pushed.lock(), want, "pushed in input order");
@@ -968,37 +978,23 @@ mod tests {
 
     #[test]
     fn a_failure_ahead_keeps_the_blocks_before_it() {
-        let input = messages(40);
         let pushed = parking_lot::Mutex::new(Vec::new());
         let m2_seen = std::sync::atomic::AtomicBool::new(false);
         let m2_seen_before_m0 = parking_lot::Mutex::new(None);
-        let err = read_input_parallel(
-            input.as_bytes(),
-            "in.jsonl",
-            RecordType::Log,
-            1,
-            2,
-            &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
-                let message = l[0].message.to_string();
-                match message.as_str() {
-                    // m0 is slow: the thread of m1 takes m2 ahead, which fails.
-                    "m0" => std::thread::sleep(std::time::Duration::from_millis(600)),
-                    "m1" => std::thread::sleep(std::time::Duration::from_millis(100)),
-                    "m2" => {
-                        m2_seen.store(true, Ordering::SeqCst);
-                        return Err(Error::Buffer("m2 refused".into()));
-                    }
-                    _ => {}
+        // Block 2, taken ahead, fails before its push.
+        let err = read_with_block_0_slow(&|message, turn| {
+            if message == "m2" {
+                m2_seen.store(true, Ordering::SeqCst);
+                return Err(Error::Buffer("m2 refused".into()));
+            }
+            turn.push(&mut || {
+                if message == "m0" {
+                    *m2_seen_before_m0.lock() = Some(m2_seen.load(Ordering::SeqCst));
                 }
-                turn.push(&mut || {
-                    if message == "m0" {
-                        *m2_seen_before_m0.lock() = Some(m2_seen.load(Ordering::SeqCst));
-                    }
-                    pushed.lock().push(message.clone());
-                    Ok(())
-                })
-            },
-        )
+                pushed.lock().push(message.clone());
+                Ok(())
+            })
+        })
         .expect_err("m2 fails");
         assert!(err.to_string().contains("m2 refused"), "{err}");
         assert_eq!(
@@ -1011,31 +1007,17 @@ mod tests {
 
     #[test]
     fn a_failed_push_stops_the_block_taken_ahead() {
-        let input = messages(40);
         let pushed = parking_lot::Mutex::new(Vec::new());
-        let err = read_input_parallel(
-            input.as_bytes(),
-            "in.jsonl",
-            RecordType::Log,
-            1,
-            2,
-            &|l: Vec<LogRef<'_>>, _, turn: &Turn<'_>| {
-                let message = l[0].message.to_string();
-                match message.as_str() {
-                    // m0 is slow: the thread of m1 takes m2 ahead; then m1's push fails.
-                    "m0" => std::thread::sleep(std::time::Duration::from_millis(600)),
-                    "m1" => std::thread::sleep(std::time::Duration::from_millis(100)),
-                    _ => {}
+        // The thread of block 1 takes block 2 ahead; then block 1's push fails.
+        let err = read_with_block_0_slow(&|message, turn| {
+            turn.push(&mut || {
+                if message == "m1" {
+                    return Err(Error::Buffer("m1's push refused".into()));
                 }
-                turn.push(&mut || {
-                    if message == "m1" {
-                        return Err(Error::Buffer("m1's push refused".into()));
-                    }
-                    pushed.lock().push(message.clone());
-                    Ok(())
-                })
-            },
-        )
+                pushed.lock().push(message.clone());
+                Ok(())
+            })
+        })
         .expect_err("m1's push fails");
         assert!(err.to_string().contains("m1's push refused"), "{err}");
         assert_eq!(
