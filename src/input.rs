@@ -279,6 +279,8 @@ pub struct Turn<'t> {
     /// For a block taken ahead: the push of the block before it on this thread, which
     /// must go first (and pass its own turn on).
     before: Cell<Option<&'t mut dyn FnMut()>>,
+    /// Whether this block was itself taken ahead (it then takes no other).
+    taken_ahead: bool,
     /// Whether this block's turn was passed on.
     passed: Cell<bool>,
 }
@@ -341,10 +343,11 @@ impl Turn<'_> {
     /// The next block, unless this block was itself taken ahead (one at a time, which
     /// bounds the blocks in flight: two per thread, and those in the channel).
     fn take_ahead(&self, p: &dyn Ahead) -> Option<(u64, Block)> {
-        let before = self.before.take();
-        let ahead = before.is_none();
-        self.before.set(before);
-        if ahead { p.take_ready() } else { None }
+        if self.taken_ahead {
+            None
+        } else {
+            p.take_ready()
+        }
     }
 
     /// Runs the push that goes before this block (if not yet), waits for this turn, runs
@@ -428,6 +431,7 @@ where
         let turn = Turn {
             seq,
             pipeline: Some(self),
+            taken_ahead: before.is_some(),
             before: Cell::new(before),
             passed: Cell::new(false),
         };
@@ -465,7 +469,7 @@ where
         if first.as_ref().is_none_or(|(at, _)| seq < *at) {
             *first = Some((seq, e));
         }
-        self.failed_at.fetch_min(seq, Ordering::AcqRel);
+        self.stop_after(seq);
     }
 
     fn failed(&self) -> bool {
@@ -524,6 +528,7 @@ where
                 seq: 0,
                 pipeline: None,
                 before: Cell::new(None),
+                taken_ahead: false,
                 passed: Cell::new(false),
             };
             process(records.iter().map(Log::borrowed).collect(), rejected, &turn)
