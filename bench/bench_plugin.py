@@ -14,8 +14,13 @@
    out_file is the figure of merit. The same is also measured machine-wide (/proc/stat,
    every process and kernel thread, with a `sync` before and after each run), which
    counts the kernel's later writeback of files that were not synced. The four runs are
-   repeated `BENCH_PLUGIN_ROUNDS` times in turn (default 3); each round is printed, and the
-   figures are the medians (ratios: the median of the rounds' own ratios).
+   repeated `BENCH_PLUGIN_ROUNDS` times (default 4); each round starts one configuration
+   later than the one before (round 1: null, file, parquet, nosync; round 2: file, parquet,
+   nosync, null; ...), so that over 4 rounds every configuration runs once in every
+   position and after every other one. A run's CPU depends on the run before it: out_file
+   took 8 to 16% more CPU right after an out_parquet run than right after a `null` run, and
+   a fixed order measured it only after `null`. Each round is printed, and the figures are
+   the medians (ratios: the median of the rounds' own ratios).
 
 Prints a summary and ends with one line `RESULT {json}`.
 """
@@ -31,10 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out" / "plugin"
 RECORDS = int(os.environ.get("BENCH_PLUGIN_RECORDS", "100000"))
-# Rounds of the four Fluent Bit runs (null, file, parquet, parquet without syncs), in turn:
-# identical runs differ by 20% and more on the development VMs, so the figures are the
-# medians over the rounds (each round's own figures are printed too).
-ROUNDS = max(1, int(os.environ.get("BENCH_PLUGIN_ROUNDS", "3")))
+# Rounds of the four Fluent Bit runs (null, file, parquet, parquet without syncs), in an
+# order rotated by one each round (see the docstring): identical runs differ by 20% and more
+# on the development VMs, so the figures are the medians over the rounds (each round's own
+# figures are printed too). A multiple of 4 gives every configuration every position.
+ROUNDS = max(1, int(os.environ.get("BENCH_PLUGIN_ROUNDS", "4")))
 CARGO = os.environ.get("CARGO", "cargo")
 
 
@@ -183,7 +189,8 @@ def main():
         }
         rounds = []
         for i in range(ROUNDS):
-            runs = {name: fb_run(fb, data, lines, name, i + 1) for name, lines in outputs.items()}
+            order = list(outputs)[i % len(outputs):] + list(outputs)[:i % len(outputs)]
+            runs = {name: fb_run(fb, data, outputs[name], name, i + 1) for name in order}
             written = sum(1 for _ in open(Path(runs["file"]["dir"]) / "out" / "out.jsonl"))
             assert written == RECORDS, f"out_file wrote {written} lines"
             for name in ("parquet", "parquet-nosync"):
@@ -205,7 +212,7 @@ def main():
                 "rss_file": runs["file"]["peak_rss_mb"], "rss_parquet": runs["parquet"]["peak_rss_mb"],
             })
             r = rounds[-1]
-            print(f"  round {i + 1}/{ROUNDS}: null {r['null']:.1f} us/record; above null: out_file {r['file']:.1f}, "
+            print(f"  round {i + 1}/{ROUNDS} ({', '.join(order)}): null {r['null']:.1f} us/record; above null: out_file {r['file']:.1f}, "
                   f"out_parquet {r['parquet']:.1f} (ratio {r['ratio']:.2f}; files and directories fsync'd), "
                   f"with WriterFileSync false {r['nosync']:.1f} (ratio {r['nosync_ratio']:.2f}; out_file's durability); "
                   f"machine-wide (kernel writeback included) ratios {r['machine_ratio']:.2f} and "
