@@ -838,26 +838,44 @@ impl Inner {
     }
 
     /// Queues the biggest keys for a full flush until what stays is about half the memory
-    /// bound, and wakes every worker.
+    /// bound, and wakes every worker. Keys already on their way out (queued for a full
+    /// flush, or being flushed by a worker) count as gone and are not queued again: pressure
+    /// can come back while they are written (their bytes are released only once the write
+    /// succeeds), and queueing them again made a second, small file of whatever reached
+    /// them meanwhile, while counting them as staying picked more keys than the bound
+    /// needed.
     fn queue_pressure_flushes(&self) -> Result<()> {
         let used = self.buffer.bytes_used();
         let target = self.config.buffer_max_bytes / 2;
         if used <= target {
             return Ok(());
         }
+        let mut leaving: FastSet<String> = self.in_flight.lock().iter().cloned().collect();
+        leaving.extend(
+            self.due
+                .lock()
+                .iter()
+                .filter(|(_, mode)| *mode == Mode::All)
+                .map(|(key, _)| key.clone()),
+        );
         let mut sizes = Vec::new();
         let mut total = 0usize;
+        let mut leaving_len = 0usize;
         for key in self.buffer.keys()? {
             let len = self.buffer.len(&key)?;
             total += len;
-            sizes.push((len, key));
+            if leaving.contains(&key) {
+                leaving_len += len;
+            } else {
+                sizes.push((len, key));
+            }
         }
         if total == 0 {
             return Ok(());
         }
         sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
-        let mut projected = used;
         let per_record = used / total;
+        let mut projected = used.saturating_sub(leaving_len * per_record);
         {
             let mut due = self.due.lock();
             for (len, key) in sizes {
@@ -923,5 +941,103 @@ impl Inner {
     /// pressure starts.
     fn past_pressure_mark(&self) -> bool {
         self.buffer.bytes_used() > self.config.buffer_max_bytes / 4 * 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::mem::MemBuffer;
+    use crate::writer::file::FileWriter;
+
+    const LIMIT: usize = 1 << 20;
+
+    /// A receiver without background threads, bound to 1 MiB, whose keys hold 24%, 22%,
+    /// 18% and 16% of the bound (80% in all).
+    fn receiver_at_80_percent(dir: &std::path::Path) -> Receiver {
+        let mut c = Config::default();
+        c.writer_file_path = dir.join("out").display().to_string();
+        c.recovery_path = dir.join("recovery").display().to_string();
+        c.buffer_size = 1_000_000;
+        c.buffer_max_bytes = LIMIT;
+        c.flush_interval = 0;
+        let buffer = Arc::new(MemBuffer::new(LIMIT));
+        let writer = Arc::new(FileWriter::new(&c.writer_file_path));
+        let r = Receiver::new(c, buffer, writer, Arc::new(SystemClock), Background::Manual)
+            .expect("engine");
+        let mut fill = 0.0;
+        for (key, share) in [("k1", 0.24), ("k2", 0.22), ("k3", 0.18), ("k4", 0.16)] {
+            fill += share;
+            while (r.stats().buffer_bytes as f64) < LIMIT as f64 * fill {
+                let log = Log {
+                    time: "2024-05-01T10:00:00Z".into(),
+                    level: "info".into(),
+                    message: "x".repeat(2000),
+                    business_capability: key.into(),
+                    ..Log::default()
+                };
+                r.push(vec![log], Vec::new()).expect("below the bound");
+            }
+        }
+        r
+    }
+
+    fn due_keys(r: &Receiver) -> Vec<String> {
+        r.inner
+            .due
+            .lock()
+            .iter()
+            .map(|(k, _)| k.split(':').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    fn key_of(r: &Receiver, name: &str) -> String {
+        r.inner
+            .buffer
+            .keys()
+            .expect("keys")
+            .into_iter()
+            .find(|k| k.starts_with(&format!("{name}:")))
+            .expect("key")
+    }
+
+    #[test]
+    fn pressure_queues_the_biggest_keys_down_to_half() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = receiver_at_80_percent(dir.path());
+        r.inner.queue_pressure_flushes().expect("queue");
+        assert_eq!(
+            due_keys(&r),
+            ["k1", "k2"],
+            "80% - 24% - 22% is under half the bound"
+        );
+    }
+
+    #[test]
+    fn pressure_does_not_queue_again_a_key_being_flushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = receiver_at_80_percent(dir.path());
+        let k1 = key_of(&r, "k1");
+        r.inner.in_flight.lock().insert(k1.clone());
+        r.inner.queue_pressure_flushes().expect("queue");
+        // Released before the asserts: closing flushes k1 and waits for its claim.
+        r.inner.in_flight.lock().remove(&k1);
+        assert_eq!(
+            due_keys(&r),
+            ["k2"],
+            "k1 is being written: not queued again, and counted as gone"
+        );
+    }
+
+    #[test]
+    fn pressure_counts_keys_already_queued_as_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = receiver_at_80_percent(dir.path());
+        // k3 is already queued for a full flush: 80% - 18% leaves 62%, so k1 goes too, and
+        // not k2 as well (as when k3 counted as staying).
+        let k3 = key_of(&r, "k3");
+        r.inner.due.lock().push_back((k3, Mode::All));
+        r.inner.queue_pressure_flushes().expect("queue");
+        assert_eq!(due_keys(&r), ["k3", "k1"]);
     }
 }
