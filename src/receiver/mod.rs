@@ -1001,13 +1001,22 @@ mod tests {
             .expect("key")
     }
 
-    #[test]
-    fn pressure_queues_the_biggest_keys_down_to_half() {
+    /// The keys queued under pressure (first parts only, in queue order) once `before` has
+    /// set the scene on a buffer at 80%. Keys `before` marks as in flight are released
+    /// afterwards: closing the receiver flushes them and would wait for their claims.
+    fn queued_after(before: impl FnOnce(&Receiver)) -> Vec<String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = receiver_at_80_percent(dir.path());
+        before(&r);
         r.inner.queue_pressure_flushes().expect("queue");
+        r.inner.in_flight.lock().clear();
+        due_keys(&r)
+    }
+
+    #[test]
+    fn pressure_queues_the_biggest_keys_down_to_half() {
         assert_eq!(
-            due_keys(&r),
+            queued_after(|_| {}),
             ["k1", "k2"],
             "80% - 24% - 22% is under half the bound"
         );
@@ -1015,15 +1024,11 @@ mod tests {
 
     #[test]
     fn pressure_does_not_queue_again_a_key_being_flushed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let r = receiver_at_80_percent(dir.path());
-        let k1 = key_of(&r, "k1");
-        r.inner.in_flight.lock().insert(k1.clone());
-        r.inner.queue_pressure_flushes().expect("queue");
-        // Released before the asserts: closing flushes k1 and waits for its claim.
-        r.inner.in_flight.lock().remove(&k1);
+        let queued = queued_after(|r| {
+            r.inner.in_flight.lock().insert(key_of(r, "k1"));
+        });
         assert_eq!(
-            due_keys(&r),
+            queued,
             ["k2"],
             "k1 is being written: not queued again, and counted as gone"
         );
@@ -1031,13 +1036,11 @@ mod tests {
 
     #[test]
     fn pressure_counts_keys_already_queued_as_gone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let r = receiver_at_80_percent(dir.path());
         // k3 is already queued for a full flush: 80% - 18% leaves 62%, so k1 goes too, and
         // not k2 as well (as when k3 counted as staying).
-        let k3 = key_of(&r, "k3");
-        r.inner.due.lock().push_back((k3, Mode::All));
-        r.inner.queue_pressure_flushes().expect("queue");
-        assert_eq!(due_keys(&r), ["k3", "k1"]);
+        let queued = queued_after(|r| {
+            r.inner.due.lock().push_back((key_of(r, "k3"), Mode::All));
+        });
+        assert_eq!(queued, ["k3", "k1"]);
     }
 }
