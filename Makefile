@@ -7,7 +7,7 @@ SAMPLE := data/sample.jsonl
 SAMPLE_RECORDS ?= 20000
 export D2P_PYTHON := $(abspath $(PY))
 
-.PHONY: all build release run test test-deps lint plugin bench fluent-bit-demo clean
+.PHONY: all build release release-pgo run test test-deps lint plugin bench fluent-bit-demo clean
 
 all: build
 
@@ -16,6 +16,10 @@ build:
 
 release:
 	$(CARGO) build --release --workspace
+
+## make release-pgo: the release build optimised with a profile of a training run, in target/pgo/release
+release-pgo:
+	CARGO=$(CARGO) bash bench/pgo.sh
 
 ## make run: build, generate sample data, convert it on the embedded default (memory buffer, file writer)
 run: release
@@ -53,6 +57,7 @@ bench: test-deps
 	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk time) </dev/null \
 	    || { echo "could not install wrk and GNU time: run as root or install them by hand"; exit 1; }; }
 	$(CARGO) build --release --workspace
+	CARGO=$(CARGO) bash bench/pgo.sh
 	$(PY) bench/run.py
 
 ## make fluent-bit-demo: Fluent Bit tails a generated JSON log into Parquet (fluent-bit/*.conf)

@@ -14,13 +14,16 @@
    out_file is the figure of merit. The same is also measured machine-wide (/proc/stat,
    every process and kernel thread, with a `sync` before and after each run), which
    counts the kernel's later writeback of files that were not synced. The four runs are
-   repeated `BENCH_PLUGIN_ROUNDS` times (default 4); each round starts one configuration
+   repeated `BENCH_PLUGIN_ROUNDS` times (default: one round per configuration); each round
+   starts one configuration
    later than the one before (round 1: null, file, parquet, nosync; round 2: file, parquet,
    nosync, null; ...), so that over 4 rounds every configuration runs once in every
    position and after every other one. A run's CPU depends on the run before it: out_file
    took 8 to 16% more CPU right after an out_parquet run than right after a `null` run, and
    a fixed order measured it only after `null`. Each round is printed, and the figures are
-   the medians (ratios: the median of the rounds' own ratios).
+   the medians (ratios: the median of the rounds' own ratios). When the profile-guided
+   build of `make release-pgo` is there (target/pgo/release, or D2P_PGO_RELEASE), its
+   `libout_parquet.so` is a fifth configuration (out_parquet with the defaults), so 5 rounds.
 
 Prints a summary and ends with one line `RESULT {json}`.
 """
@@ -33,14 +36,19 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(__file__))
+from common import PGO_RELEASE, RELEASE  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out" / "plugin"
 RECORDS = int(os.environ.get("BENCH_PLUGIN_RECORDS", "100000"))
 # Rounds of the four Fluent Bit runs (null, file, parquet, parquet without syncs), in an
 # order rotated by one each round (see the docstring): identical runs differ by 20% and more
 # on the development VMs, so the figures are the medians over the rounds (each round's own
-# figures are printed too). A multiple of 4 gives every configuration every position.
-ROUNDS = max(1, int(os.environ.get("BENCH_PLUGIN_ROUNDS", "4")))
+# figures are printed too). A multiple of the configurations' number gives every
+# configuration every position.
+# Default: as many rounds as configurations (4, or 5 with the PGO build).
+ROUNDS = max(0, int(os.environ.get("BENCH_PLUGIN_ROUNDS", "0")))
 CARGO = os.environ.get("CARGO", "cargo")
 
 
@@ -61,7 +69,7 @@ def host_run(data, chunk, threads):
     out = OUT / f"host-{threads}"
     shutil.rmtree(out, ignore_errors=True)
     p = run(
-        [str(ROOT / "target/release/examples/bench_plugin"), str(ROOT / "target/release/libout_parquet.so"),
+        [str(RELEASE / "examples/bench_plugin"), str(RELEASE / "libout_parquet.so"),
          str(data), str(out), str(chunk), str(threads)],
         capture_output=True, text=True)
     r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -79,7 +87,7 @@ def find_fluent_bit():
     return shutil.which("fluent-bit")
 
 
-def fb_run(fb, data, output_lines, name, round_no):
+def fb_run(fb, data, output_lines, so, name, round_no):
     # A fresh directory per run, none deleted until every round is done: on ext4 without a
     # journal, a new inode skips the inodes deleted in the last 60-360 s one by one, so
     # deleting the last round's ~500 Parquet files right before this run made each file
@@ -89,7 +97,7 @@ def fb_run(fb, data, output_lines, name, round_no):
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     (work / "parsers.conf").write_text("[PARSER]\n    Name json\n    Format json\n")
-    (work / "plugins.conf").write_text(f"[PLUGINS]\n    Path {ROOT / 'target/release/libout_parquet.so'}\n")
+    (work / "plugins.conf").write_text(f"[PLUGINS]\n    Path {so}\n")
     conf = f"""[SERVICE]
     Flush        1
     Grace        30
@@ -148,7 +156,7 @@ def main():
         shutil.rmtree(old, ignore_errors=True)
     data = OUT / "records.jsonl"
     if not data.exists() or sum(1 for _ in open(data)) != RECORDS:
-        run([str(ROOT / "target/release/data-generator"), str(RECORDS), "--format", "jsonl", "--out", str(data)],
+        run([str(RELEASE / "data-generator"), str(RECORDS), "--format", "jsonl", "--out", str(data)],
             capture_output=True)
     size_mb = data.stat().st_size / 1e6
     print(f"records: {RECORDS} from data-generator ({size_mb:.1f} MB of JSON, {size_mb * 1e6 / RECORDS:.0f} B/record)")
@@ -180,69 +188,79 @@ def main():
         print(f"inside {version}: tail (parser json) -> output, CPU of the whole Fluent Bit process:")
         parquet_lines = ("    Name           out_parquet\n    WriterFilePath {work}/out\n"
                          "    RecoveryPath   {work}/recovery\n    BufferSize     10000")
+        plain_so = RELEASE / "libout_parquet.so"
+        # name -> (the [OUTPUT] lines, the plugin .so loaded)
         outputs = {
-            "null": "    Name null",
-            "file": "    Name   file\n    Path   {work}/out\n    File   out.jsonl\n    Format plain",
-            "parquet": parquet_lines,
+            "null": ("    Name null", plain_so),
+            "file": ("    Name   file\n    Path   {work}/out\n    File   out.jsonl\n    Format plain", plain_so),
+            "parquet": (parquet_lines, plain_so),
             # out_file never syncs; the same durability for out_parquet is WriterFileSync false.
-            "parquet-nosync": parquet_lines + "\n    WriterFileSync false",
+            "parquet-nosync": (parquet_lines + "\n    WriterFileSync false", plain_so),
         }
+        if (PGO_RELEASE / "libout_parquet.so").exists():
+            # The profile-guided build of `make release-pgo`, with the defaults.
+            outputs["parquet-pgo"] = (parquet_lines, PGO_RELEASE / "libout_parquet.so")
+        parquets = [k for k in outputs if k.startswith("parquet")]
+        rounds_n = ROUNDS or len(outputs)
         rounds = []
-        for i in range(ROUNDS):
+        for i in range(rounds_n):
             order = list(outputs)[i % len(outputs):] + list(outputs)[:i % len(outputs)]
-            runs = {name: fb_run(fb, data, outputs[name], name, i + 1) for name in order}
+            runs = {name: fb_run(fb, data, *outputs[name], name, i + 1) for name in order}
             written = sum(1 for _ in open(Path(runs["file"]["dir"]) / "out" / "out.jsonl"))
             assert written == RECORDS, f"out_file wrote {written} lines"
-            for name in ("parquet", "parquet-nosync"):
+            for name in parquets:
                 rows = count_parquet_rows(Path(runs[name]["dir"]) / "out")
                 assert rows == RECORDS, f"out_parquet ({name}) wrote {rows} rows"
             null = runs["null"]
-            cost = {k: (runs[k]["cpu_s"] - null["cpu_s"]) / RECORDS * 1e6 for k in ("file", "parquet", "parquet-nosync")}
-            machine = {k: (runs[k]["machine_cpu_s"] - null["machine_cpu_s"]) / RECORDS * 1e6
-                       for k in ("file", "parquet", "parquet-nosync")}
-            rounds.append({
-                "null": null["cpu_s"] / RECORDS * 1e6, "file": cost["file"], "parquet": cost["parquet"],
-                "nosync": cost["parquet-nosync"],
-                "ratio": ratio(cost["parquet"], cost["file"]),
-                "nosync_ratio": ratio(cost["parquet-nosync"], cost["file"]),
-                "machine_file": machine["file"], "machine_parquet": machine["parquet"],
-                "machine_nosync": machine["parquet-nosync"],
-                "machine_ratio": ratio(machine["parquet"], machine["file"]),
-                "machine_nosync_ratio": ratio(machine["parquet-nosync"], machine["file"]),
-                "rss_file": runs["file"]["peak_rss_mb"], "rss_parquet": runs["parquet"]["peak_rss_mb"],
-            })
-            r = rounds[-1]
-            print(f"  round {i + 1}/{ROUNDS} ({', '.join(order)}): null {r['null']:.1f} us/record; above null: out_file {r['file']:.1f}, "
-                  f"out_parquet {r['parquet']:.1f} (ratio {r['ratio']:.2f}; files and directories fsync'd), "
-                  f"with WriterFileSync false {r['nosync']:.1f} (ratio {r['nosync_ratio']:.2f}; out_file's durability); "
-                  f"machine-wide (kernel writeback included) ratios {r['machine_ratio']:.2f} and "
-                  f"{r['machine_nosync_ratio']:.2f}", flush=True)
+            r = {"null": null["cpu_s"] / RECORDS * 1e6,
+                 "rss_file": runs["file"]["peak_rss_mb"], "rss_parquet": runs["parquet"]["peak_rss_mb"]}
+            for k in ["file", *parquets]:
+                r[k] = (runs[k]["cpu_s"] - null["cpu_s"]) / RECORDS * 1e6
+                r["machine_" + k] = (runs[k]["machine_cpu_s"] - null["machine_cpu_s"]) / RECORDS * 1e6
+            for k in parquets:
+                r[k + "_ratio"] = ratio(r[k], r["file"])
+                r["machine_" + k + "_ratio"] = ratio(r["machine_" + k], r["machine_file"])
+            rounds.append(r)
+            pgo = (f"; the PGO build {r['parquet-pgo']:.1f} (ratio {r['parquet-pgo_ratio']:.2f})"
+                   if "parquet-pgo" in r else "")
+            print(f"  round {i + 1}/{rounds_n} ({', '.join(order)}): null {r['null']:.1f} us/record; above null: out_file {r['file']:.1f}, "
+                  f"out_parquet {r['parquet']:.1f} (ratio {r['parquet_ratio']:.2f}; files and directories fsync'd), "
+                  f"with WriterFileSync false {r['parquet-nosync']:.1f} (ratio {r['parquet-nosync_ratio']:.2f}; out_file's durability){pgo}; "
+                  f"machine-wide (kernel writeback included) ratios {r['machine_parquet_ratio']:.2f} and "
+                  f"{r['machine_parquet-nosync_ratio']:.2f}", flush=True)
         # The last round's outputs stay for a look; the others go now that all are measured.
         for old in OUT.glob("fb-*-*"):
-            if not old.name.endswith(f"-{ROUNDS}"):
+            if not old.name.endswith(f"-{rounds_n}"):
                 shutil.rmtree(old, ignore_errors=True)
         med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         # Ratios are the medians of the rounds' own ratios (each from runs minutes apart).
-        print(f"  medians of {ROUNDS} round(s): out_file {med['file']:.1f} us/record, out_parquet {med['parquet']:.1f} "
-              f"(ratio {med['ratio']:.2f}), with WriterFileSync false {med['nosync']:.1f} (ratio "
-              f"{med['nosync_ratio']:.2f}); machine-wide ratios {med['machine_ratio']:.2f} and "
-              f"{med['machine_nosync_ratio']:.2f}; peak RSS out_file {med['rss_file']:.0f} MB, "
+        pgo = (f"; the PGO build {med['parquet-pgo']:.1f} (ratio {med['parquet-pgo_ratio']:.2f}, machine-wide "
+               f"{med['machine_parquet-pgo_ratio']:.2f})" if "parquet-pgo" in med else "")
+        print(f"  medians of {rounds_n} round(s): out_file {med['file']:.1f} us/record, out_parquet {med['parquet']:.1f} "
+              f"(ratio {med['parquet_ratio']:.2f}), with WriterFileSync false {med['parquet-nosync']:.1f} (ratio "
+              f"{med['parquet-nosync_ratio']:.2f}){pgo}; machine-wide ratios {med['machine_parquet_ratio']:.2f} and "
+              f"{med['machine_parquet-nosync_ratio']:.2f}; peak RSS out_file {med['rss_file']:.0f} MB, "
               f"out_parquet {med['rss_parquet']:.0f} MB")
         result.update({
             "fluent_bit": version,
-            "rounds": ROUNDS,
+            "rounds": rounds_n,
             "fb_null_us_per_record": round(med["null"], 2),
             "fb_out_file_us_per_record": round(med["file"], 2),
             "fb_out_parquet_us_per_record": round(med["parquet"], 2),
-            "fb_out_parquet_nosync_us_per_record": round(med["nosync"], 2),
-            "parquet_vs_out_file_cpu_ratio": round(med["ratio"], 2),
-            "parquet_nosync_vs_out_file_cpu_ratio": round(med["nosync_ratio"], 2),
+            "fb_out_parquet_nosync_us_per_record": round(med["parquet-nosync"], 2),
+            "parquet_vs_out_file_cpu_ratio": round(med["parquet_ratio"], 2),
+            "parquet_nosync_vs_out_file_cpu_ratio": round(med["parquet-nosync_ratio"], 2),
             "machine_out_file_us_per_record": round(med["machine_file"], 2),
             "machine_out_parquet_us_per_record": round(med["machine_parquet"], 2),
-            "machine_out_parquet_nosync_us_per_record": round(med["machine_nosync"], 2),
+            "machine_out_parquet_nosync_us_per_record": round(med["machine_parquet-nosync"], 2),
             "fb_out_file_peak_rss_mb": round(med["rss_file"]),
             "fb_out_parquet_peak_rss_mb": round(med["rss_parquet"]),
         })
+        if "parquet-pgo" in med:
+            result.update({
+                "fb_out_parquet_pgo_us_per_record": round(med["parquet-pgo"], 2),
+                "parquet_pgo_vs_out_file_cpu_ratio": round(med["parquet-pgo_ratio"], 2),
+            })
     print("RESULT " + json.dumps(result))
 
 

@@ -7,6 +7,10 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RELEASE = pathlib.Path(os.environ["D2P_RELEASE"]) if os.environ.get("D2P_RELEASE") else ROOT / "target" / "release"
+# The profile-guided build of `make release-pgo` (bench/pgo.sh), measured beside the plain
+# one when it is there.
+PGO_RELEASE = pathlib.Path(os.environ["D2P_PGO_RELEASE"]) if os.environ.get("D2P_PGO_RELEASE") \
+    else ROOT / "target" / "pgo" / "release"
 WORK = ROOT / "bench-out"
 
 
