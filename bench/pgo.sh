@@ -13,6 +13,10 @@
 #    with one and with two flush threads;
 # 3. llvm-profdata (rustup's llvm-tools component, added when missing) merges the profiles;
 # 4. the optimised build (target/pgo) reads them.
+#
+# Run again after a change, cargo rebuilds only the crates that changed (with the new
+# profile); the dependencies keep the profile they were built with, which is what they
+# still run. `rm -rf target/pgo` applies a new profile to every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
