@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import shutil
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -47,11 +48,6 @@ def best(runs):
     return min(runs, key=lambda r: r[0])
 
 
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-
 builds = {"plain": RELEASE / "json2parquet"}
 if (PGO_RELEASE / "json2parquet").exists():
     builds["pgo"] = PGO_RELEASE / "json2parquet"
@@ -79,7 +75,7 @@ for name, runs in ours.items():
     ratio = d[0] / o[0]
     # Runs alternate, so each pair shares the machine's mood of that moment: on a noisy VM
     # the median of the pairs' ratios is the steadier figure, the best-of ratio the headline.
-    median_ratio = median(dr[0] / orun[0] for orun, dr in zip(runs, duck))
+    median_ratio = statistics.median(dr[0] / orun[0] for orun, dr in zip(runs, duck))
     label = "json2parquet" if name == "plain" else "json2parquet PGO"
     print(f"{label + ':':18s} {o[0]:.2f} s wall, {o[1]:.2f} s CPU, {RECORDS / o[0]:,.0f} records/s, {size_mb / o[0]:.0f} MB/s, peak RSS {o[2]:.0f} MiB")
     print(f"  throughput ratio to duckdb: {ratio:.2f}x best of each, median of the {len(runs)} alternating pairs "
