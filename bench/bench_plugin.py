@@ -13,11 +13,12 @@
    CPU minus the `null` run's CPU, divided by the records; the ratio out_parquet /
    out_file is the figure of merit. The same is also measured machine-wide (/proc/stat,
    every process and kernel thread, with a `sync` before and after each run), which
-   counts the kernel's later writeback of files that were not synced. The four runs are
+   counts the kernel's later writeback of files that were not synced. The runs are
    repeated `BENCH_PLUGIN_ROUNDS` times (default: one round per configuration); each round
    starts one configuration later than the one before (round 1: null, file, parquet,
    nosync; round 2: file, parquet, nosync, null; ...), so that over 4 rounds every
-   configuration runs once in every position and after every other one. A run's CPU depends on the run before it: out_file
+   configuration runs once in every position and after every other one. A run's CPU
+   depends on the run before it: out_file
    took 8 to 16% more CPU right after an out_parquet run than right after a `null` run, and
    a fixed order measured it only after `null`. Each round is printed, and the figures are
    the medians (ratios: the median of the rounds' own ratios). When the profile-guided
@@ -41,9 +42,9 @@ from common import PGO_RELEASE, RELEASE  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out" / "plugin"
 RECORDS = int(os.environ.get("BENCH_PLUGIN_RECORDS", "100000"))
-# Rounds of the four Fluent Bit runs (null, file, parquet, parquet without syncs), in an
-# order rotated by one each round (see the docstring): identical runs differ by 20% and more
-# on the development VMs, so the figures are the medians over the rounds (each round's own
+# Rounds of the Fluent Bit runs (null, file, parquet, parquet without syncs, and the PGO
+# build's parquet when there is one), in an order rotated by one each round (see the
+# docstring): identical runs differ by 20% and more on the development VMs, so the figures are the medians over the rounds (each round's own
 # figures are printed too). A multiple of the configurations' number gives every
 # configuration every position; 0 (the default) means one round per configuration (4, or
 # 5 with the PGO build).
