@@ -18,9 +18,9 @@
    starts one configuration later than the one before (round 1: null, file, parquet,
    nosync; round 2: file, parquet, nosync, null; ...), so that over 4 rounds every
    configuration runs once in every position and after every other one. A run's CPU
-   depends on the run before it: out_file
-   took 8 to 16% more CPU right after an out_parquet run than right after a `null` run, and
-   a fixed order measured it only after `null`. Each round is printed, and the figures are
+   depends on the run before it: out_file took 8 to 16% more CPU right after an
+   out_parquet run than right after a `null` run, and a fixed order measured it only after
+   `null`. Each round is printed, and the figures are
    the medians (ratios: the median of the rounds' own ratios). When the profile-guided
    build of `make release-pgo` is there (target/pgo/release, or D2P_PGO_RELEASE), its
    `libout_parquet.so` is a fifth configuration (out_parquet with the defaults), so 5 rounds.
@@ -44,8 +44,8 @@ OUT = ROOT / "bench-out" / "plugin"
 RECORDS = int(os.environ.get("BENCH_PLUGIN_RECORDS", "100000"))
 # Rounds of the Fluent Bit runs (null, file, parquet, parquet without syncs, and the PGO
 # build's parquet when there is one), in an order rotated by one each round (see the
-# docstring): identical runs differ by 20% and more on the development VMs, so the figures are the medians over the rounds (each round's own
-# figures are printed too). A multiple of the configurations' number gives every
+# docstring): identical runs differ by 20% and more on the development VMs, so the figures
+# are the medians over the rounds (each round's own figures are printed too). A multiple of the configurations' number gives every
 # configuration every position; 0 (the default) means one round per configuration (4, or
 # 5 with the PGO build).
 ROUNDS = max(0, int(os.environ.get("BENCH_PLUGIN_ROUNDS", "0")))
