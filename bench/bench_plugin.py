@@ -45,9 +45,9 @@ RECORDS = int(os.environ.get("BENCH_PLUGIN_RECORDS", "100000"))
 # Rounds of the Fluent Bit runs (null, file, parquet, parquet without syncs, and the PGO
 # build's parquet when there is one), in an order rotated by one each round (see the
 # docstring): identical runs differ by 20% and more on the development VMs, so the figures
-# are the medians over the rounds (each round's own figures are printed too). A multiple of the configurations' number gives every
-# configuration every position; 0 (the default) means one round per configuration (4, or
-# 5 with the PGO build).
+# are the medians over the rounds (each round's own figures are printed too). A multiple
+# of the configurations' number gives every configuration every position; 0 (the default)
+# means one round per configuration (4, or 5 with the PGO build).
 ROUNDS = max(0, int(os.environ.get("BENCH_PLUGIN_ROUNDS", "0")))
 CARGO = os.environ.get("CARGO", "cargo")
 
